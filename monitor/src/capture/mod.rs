@@ -1,0 +1,351 @@
+//! Loading, attaching and reading the kernel programs: the only module that uses aya.
+//!
+//! `Capture::start` checks what the kernel needs (root, BTF, cgroup v2), loads the embedded
+//! object, attaches every program to the root cgroup / BTF tracepoints, and then
+//! `Capture::drain` decodes ring records into [`CaptureEvent`]s. The ring is filled with
+//! `BPF_RB_NO_WAKEUP` and drained on a timer by the caller.
+
+pub mod process;
+
+use std::{fs::File, path::PathBuf};
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SockOps,
+    },
+};
+use monitor_common::{counter, globals};
+
+use crate::events::{CaptureEvent, DecodeError, decode};
+
+/// The eBPF object built by `monitor/build.rs` (empty unless built through `cargo xtask`).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
+
+/// Capture settings.
+#[derive(Debug, Clone)]
+pub struct CaptureConfig {
+    /// Bytes captured per direction of a TLS flow.
+    pub direction_budget: u32,
+    /// Plaintext bytes watched for a STARTTLS-style upgrade.
+    pub watch_limit: u32,
+    /// Ring buffer size in bytes (a power of two, at least one page).
+    pub ring_bytes: u32,
+    /// Ports known to speak TLS: plaintext sent to them is sampled.
+    pub tls_ports: Vec<u16>,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            direction_budget: monitor_common::DEFAULT_DIRECTION_BUDGET,
+            watch_limit: monitor_common::DEFAULT_WATCH_LIMIT,
+            ring_bytes: 4 * 1024 * 1024,
+            tls_ports: vec![
+                443, 465, 636, 853, 990, 993, 995, 5061, 6443, 8443, 8883, 9443,
+            ],
+        }
+    }
+}
+
+/// Why capture cannot start; each names what is missing.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(
+        "this tlsmon was built without its eBPF programs; build it with `cargo xtask build` \
+         (or run `cargo xtask run`)"
+    )]
+    NoObject,
+    #[error(
+        "tlsmon must run as root (it needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN to load eBPF programs)"
+    )]
+    NotRoot,
+    #[error(
+        "the kernel has no BTF (/sys/kernel/btf/vmlinux missing): tlsmon needs a kernel >= 5.8 built with CONFIG_DEBUG_INFO_BTF"
+    )]
+    NoBtf,
+    #[error("no cgroup v2 hierarchy is mounted and mounting one at {path} failed: {source}")]
+    NoCgroup2 {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("kernel lockdown is in confidentiality mode: eBPF tracing is refused")]
+    Lockdown,
+    #[error("{what}: {source}")]
+    Ebpf {
+        what: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("invalid capture setting: {0}")]
+    Config(String),
+}
+
+fn ebpf_err<E: std::error::Error + Send + Sync + 'static>(
+    what: impl Into<String>,
+) -> impl FnOnce(E) -> CaptureError {
+    let what = what.into();
+    move |e| CaptureError::Ebpf {
+        what,
+        source: Box::new(e),
+    }
+}
+
+/// Kernel-side counters, summed over CPUs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct KernelCounters {
+    pub ring_drops: u64,
+    pub budget_truncated_bytes: u64,
+    pub flows_reported: u64,
+    pub flows_tls: u64,
+    pub flows_upgraded: u64,
+    pub data_records: u64,
+    pub parse_errors: u64,
+}
+
+/// Attached programs and their maps. Dropping it detaches everything.
+pub struct Capture {
+    _ebpf: Ebpf,
+    ring: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    tls_ports: HashMap<MapData, u16, u8>,
+    stop: HashMap<MapData, u64, u8>,
+    /// Names of the attached programs, for status output.
+    pub attached: Vec<&'static str>,
+}
+
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+fn is_cgroup2(path: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(path) else {
+        return false;
+    };
+    // SAFETY: statfs into a zeroed struct with a valid C string.
+    unsafe {
+        let mut s: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut s) == 0 && s.f_type as i64 == CGROUP2_SUPER_MAGIC
+    }
+}
+
+/// The cgroup v2 root to attach to; mounts one when the host has none (a hybrid v1 host).
+fn cgroup2_root() -> Result<PathBuf, CaptureError> {
+    for p in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+        if is_cgroup2(p) {
+            return Ok(PathBuf::from(p));
+        }
+    }
+    let path = PathBuf::from("/run/tlsmon/cgroup2");
+    let mount = || -> std::io::Result<()> {
+        std::fs::create_dir_all(&path)?;
+        let target = std::ffi::CString::new("/run/tlsmon/cgroup2")?;
+        let fstype = std::ffi::CString::new("cgroup2")?;
+        // SAFETY: mount(2) with valid C strings and no data.
+        let rc = unsafe {
+            libc::mount(
+                fstype.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    mount().map_err(|source| CaptureError::NoCgroup2 {
+        path: path.clone(),
+        source,
+    })?;
+    tracing::info!(path = %path.display(), "mounted a cgroup v2 hierarchy");
+    Ok(path)
+}
+
+fn check_prerequisites() -> Result<(), CaptureError> {
+    if EBPF_OBJECT.is_empty() {
+        return Err(CaptureError::NoObject);
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(CaptureError::NotRoot);
+    }
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Err(CaptureError::NoBtf);
+    }
+    if let Ok(l) = std::fs::read_to_string("/sys/kernel/security/lockdown") {
+        if l.contains("[confidentiality]") {
+            return Err(CaptureError::Lockdown);
+        }
+    }
+    Ok(())
+}
+
+impl Capture {
+    /// Loads and attaches every program. Fails with one clear error naming what is missing.
+    pub fn start(cfg: &CaptureConfig) -> Result<Self, CaptureError> {
+        check_prerequisites()?;
+        if !cfg.ring_bytes.is_power_of_two() || cfg.ring_bytes < 4096 {
+            return Err(CaptureError::Config(format!(
+                "ring_bytes {} must be a power of two >= 4096",
+                cfg.ring_bytes
+            )));
+        }
+        if cfg.direction_budget == 0 || cfg.direction_budget > monitor_common::MAX_DIRECTION_BUDGET
+        {
+            return Err(CaptureError::Config(format!(
+                "direction budget {} must be 1..={}",
+                cfg.direction_budget,
+                monitor_common::MAX_DIRECTION_BUDGET
+            )));
+        }
+        // Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+        let unlimited = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: setrlimit with a valid struct.
+        unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+
+        let cgroup_path = cgroup2_root()?;
+        let btf = Btf::from_sys_fs().map_err(|_| CaptureError::NoBtf)?;
+        let self_tgid = std::process::id();
+        let mut ebpf = EbpfLoader::new()
+            .btf(&btf)
+            .override_global(globals::SELF_TGID, &self_tgid, true)
+            .override_global(globals::DIRECTION_BUDGET, &cfg.direction_budget, true)
+            .override_global(globals::WATCH_LIMIT, &cfg.watch_limit, true)
+            .map_max_entries("EVENTS", cfg.ring_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(ebpf_err("loading the eBPF object"))?;
+
+        let cgroup = File::open(&cgroup_path)
+            .map_err(ebpf_err(format!("opening {}", cgroup_path.display())))?;
+        let mut attached = Vec::new();
+        for (name, attach) in [
+            ("tlsmon_egress", CgroupSkbAttachType::Egress),
+            ("tlsmon_ingress", CgroupSkbAttachType::Ingress),
+        ] {
+            let prog: &mut CgroupSkb = program(&mut ebpf, name)?;
+            prog.load().map_err(ebpf_err(format!("loading {name}")))?;
+            // With bpf_link (kernel >= 5.7) "Single" coexists with other programs on the
+            // same cgroup; AllowMultiple was measured to fail with EINVAL here.
+            prog.attach(&cgroup, attach, CgroupAttachMode::Single)
+                .map_err(ebpf_err(format!(
+                    "attaching {name} to {}",
+                    cgroup_path.display()
+                )))?;
+            attached.push(name);
+        }
+        for name in ["tlsmon_connect4", "tlsmon_connect6"] {
+            let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            prog.load().map_err(ebpf_err(format!("loading {name}")))?;
+            prog.attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(ebpf_err(format!("attaching {name}")))?;
+            attached.push(name);
+        }
+        {
+            let name = "tlsmon_sockops";
+            let prog: &mut SockOps = program(&mut ebpf, name)?;
+            prog.load().map_err(ebpf_err(format!("loading {name}")))?;
+            prog.attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(ebpf_err(format!("attaching {name}")))?;
+            attached.push(name);
+        }
+        for (name, tp) in [
+            ("tlsmon_reader", "tcp_rcv_space_adjust"),
+            ("tlsmon_state", "inet_sock_set_state"),
+            ("tlsmon_rst_in", "tcp_receive_reset"),
+            ("tlsmon_rst_out", "tcp_send_reset"),
+        ] {
+            let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
+            prog.load(tp, &btf)
+                .map_err(ebpf_err(format!("loading {name} for tracepoint {tp}")))?;
+            prog.attach()
+                .map_err(ebpf_err(format!("attaching {name} to tp_btf/{tp}")))?;
+            attached.push(name);
+        }
+
+        let ring = RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?)
+            .map_err(ebpf_err("opening the EVENTS ring"))?;
+        let counters = PerCpuArray::try_from(take_map(&mut ebpf, "COUNTERS")?)
+            .map_err(ebpf_err("opening COUNTERS"))?;
+        let mut tls_ports: HashMap<MapData, u16, u8> =
+            HashMap::try_from(take_map(&mut ebpf, "TLS_PORTS")?)
+                .map_err(ebpf_err("opening TLS_PORTS"))?;
+        let stop =
+            HashMap::try_from(take_map(&mut ebpf, "STOP")?).map_err(ebpf_err("opening STOP"))?;
+        for port in &cfg.tls_ports {
+            tls_ports
+                .insert(port, &1, 0)
+                .map_err(ebpf_err("filling TLS_PORTS"))?;
+        }
+        Ok(Capture {
+            _ebpf: ebpf,
+            ring,
+            counters,
+            tls_ports,
+            stop,
+            attached,
+        })
+    }
+
+    /// Decodes every record waiting in the ring.
+    pub fn drain(&mut self, out: &mut Vec<Result<CaptureEvent, DecodeError>>) {
+        while let Some(item) = self.ring.next() {
+            out.push(decode(&item));
+        }
+    }
+
+    /// Kernel counters summed over CPUs.
+    pub fn counters(&self) -> KernelCounters {
+        let get = |idx: u32| -> u64 {
+            self.counters
+                .get(&idx, 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0)
+        };
+        KernelCounters {
+            ring_drops: get(counter::RING_DROPS),
+            budget_truncated_bytes: get(counter::BUDGET_TRUNCATED),
+            flows_reported: get(counter::FLOWS_REPORTED),
+            flows_tls: get(counter::FLOWS_TLS),
+            flows_upgraded: get(counter::FLOWS_UPGRADED),
+            data_records: get(counter::DATA_RECORDS),
+            parse_errors: get(counter::PARSE_ERRORS),
+        }
+    }
+
+    /// Marks a port as speaking TLS (plaintext sent to it will be sampled).
+    pub fn add_tls_port(&mut self, port: u16) {
+        if let Err(e) = self.tls_ports.insert(&port, &1, 0) {
+            tracing::debug!(port, error = %e, "TLS_PORTS full");
+        }
+    }
+
+    /// Tells the kernel to stop capturing a connection whose outcome is decided.
+    pub fn stop_flow(&mut self, cookie: u64) {
+        if let Err(e) = self.stop.insert(&cookie, &1, 0) {
+            tracing::debug!(cookie, error = %e, "STOP map full");
+        }
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, CaptureError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p = ebpf.program_mut(name).ok_or_else(|| CaptureError::Ebpf {
+        what: format!("program {name}"),
+        source: "missing from the eBPF object".into(),
+    })?;
+    p.try_into()
+        .map_err(ebpf_err(format!("program {name} has an unexpected type")))
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, CaptureError> {
+    ebpf.take_map(name).ok_or_else(|| CaptureError::Ebpf {
+        what: format!("map {name}"),
+        source: "missing from the eBPF object".into(),
+    })
+}

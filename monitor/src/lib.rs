@@ -1,0 +1,13 @@
+//! tlsmon: which process failed a TLS handshake with which peer, and why.
+//!
+//! Data flow (see ARCHITECTURE.md): `capture` (kernel programs, ring, /proc) →
+//! `events` (typed records) → `flows` (per-connection state, `reassembly` per direction) →
+//! `records` (TLS record headers) → `trace` (what the operator sees).
+
+pub mod capture;
+pub mod cli;
+pub mod events;
+pub mod flows;
+pub mod reassembly;
+pub mod records;
+pub mod trace;
