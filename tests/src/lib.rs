@@ -1,1 +1,439 @@
-//! e2e helpers
+//! Helpers for the privileged end-to-end tests: run the real `tlsmon` (path in `TLSMON_BIN`,
+//! set by `cargo xtask test`) next to real programs on loopback or in network namespaces we
+//! create. Every wait is bounded in time and count; every child is killed on drop.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// The tlsmon binary under test.
+pub fn tlsmon_bin() -> PathBuf {
+    PathBuf::from(std::env::var("TLSMON_BIN").expect(
+        "TLSMON_BIN is not set: the end-to-end tests run through `sudo ./x test` (cargo xtask test)",
+    ))
+}
+
+/// A child process, with its whole process group (nginx workers, `ip netns exec` children),
+/// killed (SIGKILL) when dropped.
+pub struct Bg(pub Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group our child leads.
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a program in its own process group, in the background, output discarded.
+pub fn spawn(cmd: &mut Command) -> Bg {
+    use std::os::unix::process::CommandExt;
+    let child = cmd
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    Bg(child)
+}
+
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind")
+}
+
+/// Waits (at most `limit`) until something accepts TCP connections at `addr`.
+pub fn wait_listening(addr: SocketAddr, limit: Duration) {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listens on {addr} after {limit:?}");
+}
+
+/// Runs a command to completion (bounded by `timeout`); returns (exit success, stdout).
+pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> (bool, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let t0 = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut out = String::new();
+            if let Some(mut o) = child.stdout.take() {
+                let _ = std::io::Read::read_to_string(&mut o, &mut out);
+            }
+            return (status.success(), out);
+        }
+        if t0.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (false, String::new());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!(
+            "tlsmon-e2e-{tag}-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&p).expect("mkdir");
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A self-signed certificate for `localhost` (cert.pem, key.pem) in a scratch directory.
+pub fn self_signed_cert() -> TempDir {
+    let dir = TempDir::new("pki");
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(dir.path().join("key.pem"))
+        .arg("-out")
+        .arg(dir.path().join("cert.pem"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "openssl req failed");
+    dir
+}
+
+/// `openssl s_server` on `addr` with extra arguments; waits until it listens.
+pub fn openssl_server(pki: &TempDir, addr: SocketAddr, extra: &[&str]) -> Bg {
+    let server = spawn(
+        Command::new("openssl")
+            .args(["s_server", "-quiet", "-accept", &addr.to_string()])
+            .arg("-cert")
+            .arg(pki.path().join("cert.pem"))
+            .arg("-key")
+            .arg(pki.path().join("key.pem"))
+            .args(extra),
+    );
+    wait_listening(addr, Duration::from_secs(10));
+    server
+}
+
+/// `openssl s_client` to `addr` with extra arguments, stdin closed; returns success.
+pub fn openssl_client(addr: SocketAddr, extra: &[&str]) -> bool {
+    run_bounded(
+        Command::new("openssl")
+            .args(["s_client", "-connect", &addr.to_string()])
+            .args(extra),
+        Duration::from_secs(10),
+    )
+    .0
+}
+
+/// A running `tlsmon trace --json --with-bytes`.
+pub struct Tracer {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    readers: Vec<thread::JoinHandle<()>>,
+}
+
+/// What a finished trace printed.
+pub struct TraceOutput {
+    /// Connection records (one JSON object each).
+    pub records: Vec<Value>,
+    /// `capture_loss` records.
+    pub losses: Vec<Value>,
+    /// The final kernel counters line.
+    pub counters: Value,
+    pub stderr: String,
+}
+
+impl Tracer {
+    /// Starts tracing with extra arguments; returns once the programs are attached.
+    pub fn start(extra: &[&str]) -> Tracer {
+        let mut child = Command::new(tlsmon_bin())
+            .args(["trace", "--json", "--with-bytes", "--idle-secs", "3"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tlsmon trace");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let out = child.stdout.take().expect("stdout");
+        let err = child.stderr.take().expect("stderr");
+        let l = lines.clone();
+        let r1 = thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                l.lock().expect("lock").push(line);
+            }
+        });
+        let e = stderr.clone();
+        let r2 = thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if line.contains("capturing (") {
+                    let _ = ready_tx.send(());
+                }
+                e.lock().expect("lock").push(line);
+            }
+        });
+        let ready = ready_rx.recv_timeout(Duration::from_secs(60)).is_ok();
+        let mut t = Tracer {
+            child,
+            lines,
+            stderr,
+            readers: vec![r1, r2],
+        };
+        if !ready {
+            let out = t.stop_inner();
+            panic!("tlsmon trace did not attach within 60 s:\n{}", out.stderr);
+        }
+        t
+    }
+
+    /// Connection records printed so far.
+    pub fn records_so_far(&self) -> Vec<Value> {
+        parse_records(&self.lines.lock().expect("lock"))
+    }
+
+    /// Waits (bounded) until `pred` matches `count` records printed so far.
+    pub fn wait_for(&self, count: usize, limit: Duration, pred: impl Fn(&Value) -> bool) -> bool {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            if self.records_so_far().iter().filter(|r| pred(r)).count() >= count {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    /// SIGINT, then collect everything it printed (flows still open are printed at exit).
+    pub fn stop(mut self) -> TraceOutput {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> TraceOutput {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        let lines = self.lines.lock().expect("lock").clone();
+        let stderr = self.stderr.lock().expect("lock").join("\n");
+        let counters = stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("tlsmon: counters "))
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or(Value::Null);
+        let all: Vec<Value> = lines
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        TraceOutput {
+            records: parse_records(&lines),
+            losses: all
+                .into_iter()
+                .filter(|v| v["kind"] == "capture_loss")
+                .collect(),
+            counters,
+            stderr,
+        }
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn parse_records(lines: &[String]) -> Vec<Value> {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("cookie").is_some())
+        .collect()
+}
+
+impl TraceOutput {
+    /// Records whose local or peer address is `addr` (the server's address), by role.
+    pub fn for_server(&self, addr: &str, role: &str) -> Vec<&Value> {
+        self.records
+            .iter()
+            .filter(|r| r["role"] == role)
+            .filter(|r| match role {
+                "server" => r["local"] == addr,
+                _ => r["peer"] == addr,
+            })
+            .collect()
+    }
+
+    /// Exactly one record for the server address and role, or a panic that shows them all.
+    pub fn one(&self, addr: &str, role: &str) -> &Value {
+        let found = self.for_server(addr, role);
+        assert_eq!(
+            found.len(),
+            1,
+            "expected one {role} record for {addr}; trace printed:\n{}\nstderr:\n{}",
+            self.records
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+            self.stderr
+        );
+        found[0]
+    }
+}
+
+/// Both directions of one TCP connection in a pcap, as tshark reassembles it
+/// (`-z follow,tcp,raw,CLIENT,SERVER`): (bytes the client sent, bytes the server sent).
+pub fn tshark_follow(pcap: &Path, client: &str, server: &str) -> (Vec<u8>, Vec<u8>) {
+    let (ok, out) = run_bounded(
+        Command::new("tshark").arg("-r").arg(pcap).args([
+            "-q",
+            "-z",
+            &format!("follow,tcp,raw,{client},{server}"),
+        ]),
+        Duration::from_secs(60),
+    );
+    assert!(ok, "tshark failed on {}", pcap.display());
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let mut in_body = false;
+    for line in out.lines() {
+        if line.starts_with("Node 1:") {
+            in_body = true;
+            continue;
+        }
+        if !in_body || line.starts_with("====") || line.is_empty() {
+            continue;
+        }
+        // Lines of the responder are indented with a tab.
+        let (target, hex) = match line.strip_prefix('\t') {
+            Some(h) => (&mut b, h),
+            None => (&mut a, line),
+        };
+        target.extend(unhex(hex.trim()));
+    }
+    (a, b)
+}
+
+pub fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .filter_map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
+        .collect()
+}
+
+/// `tcpdump` writing `port` traffic on loopback to `file`; waits until it is capturing.
+pub fn tcpdump(file: &Path, port: u16) -> Bg {
+    let mut child = Command::new("tcpdump")
+        // -Z root: Debian's tcpdump otherwise drops to user tcpdump, who cannot write here.
+        .args([
+            "-Z",
+            "root",
+            "--immediate-mode",
+            "-i",
+            "lo",
+            "-U",
+            "-s",
+            "0",
+            "-w",
+        ])
+        .arg(file)
+        .args(["tcp", "port", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tcpdump");
+    let err = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if line.contains("listening on") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_secs(20)).is_ok(),
+        "tcpdump did not start"
+    );
+    Bg(child)
+}
+
+/// Stops tcpdump cleanly (SIGINT flushes the file).
+pub fn stop_tcpdump(mut bg: Bg) {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(bg.0.id() as i32, libc::SIGINT) };
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(_)) = bg.0.try_wait() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The string value of a JSON field, or "".
+pub fn s<'a>(v: &'a Value, path: &[&str]) -> &'a str {
+    let mut cur = v;
+    for p in path {
+        cur = &cur[*p];
+    }
+    cur.as_str().unwrap_or("")
+}

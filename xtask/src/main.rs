@@ -1,1 +1,111 @@
-fn main() {}
+//! Project tasks: `cargo xtask build | run | test`.
+//!
+//! `./x` (the README's entry point) installs toolchains and test programs first, then calls
+//! this. Every step prints what it runs; the first failing step ends the task non-zero.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build `tlsmon` with its eBPF programs (release).
+    Build,
+    /// Build, then run `tlsmon run` (root) with the built-in default configuration.
+    Run {
+        /// Arguments passed to `tlsmon run`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The whole suite: format and lint checks, unit tests, then the privileged end-to-end
+    /// tests with the real eBPF programs (root).
+    Test {
+        /// Only the unprivileged part (no root, no eBPF).
+        #[arg(long)]
+        unit_only: bool,
+        /// Only end-to-end tests whose name contains this.
+        #[arg(long)]
+        filter: Option<String>,
+    },
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: {cmd:?}");
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Builds the daemon with the eBPF object embedded; returns its path.
+fn build() -> Result<PathBuf> {
+    run(cargo()
+        .args(["build", "--release", "-p", "monitor"])
+        .env("TLSMON_BUILD_EBPF", "1"))?;
+    Ok(root().join("target/release/tlsmon"))
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+fn test(unit_only: bool, filter: Option<String>) -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args(["test"]))?;
+    if unit_only {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("the end-to-end tests load eBPF programs and need root: run `sudo ./x test`");
+    }
+    let bin = build()?;
+    let mut e2e = cargo();
+    e2e.args(["test", "--release", "-p", "tlsmon-e2e", "--"]);
+    if let Some(f) = filter {
+        e2e.arg(f);
+    }
+    e2e.args(["--include-ignored", "--test-threads=1"])
+        .env("TLSMON_BIN", bin);
+    run(&mut e2e)
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Build => build().map(drop),
+        Cmd::Run { args } => {
+            let bin = build()?;
+            run(Command::new(bin).arg("run").args(args))
+        }
+        Cmd::Test { unit_only, filter } => test(unit_only, filter),
+    }
+}

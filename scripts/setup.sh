@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh Debian bookworm machine (rustup with only stable 1.95 and
+# RUSTUP_AUTO_INSTALL=0). A second run only checks and takes seconds.
+#   scripts/setup.sh run    toolchains + bpf-linker (to build and run the daemon)
+#   scripts/setup.sh test   the same + the programs the tests drive (openssl, curl, nginx, ...)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+STABLE=1.99.1
+NIGHTLY=nightly-2026-10-30
+BPF_LINKER=0.13.0
+LLVM_SONAME=libLLVM.so.23.1-rust-1.101.0-nightly
+PURPOSE=${1:-test}
+
+say() { echo "setup: $*" >&2; }
+export PATH="$HOME/.cargo/bin:$PATH"
+
+if [ "$PURPOSE" = test ]; then
+  need=()
+  for pair in openssl:openssl tcpdump:tcpdump tshark:tshark nginx:nginx-light curl:curl ip:iproute2 \
+              python3:python3 mosquitto:mosquitto; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    say "installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    # The Debian packages start their services; the tests run their own instances.
+    systemctl disable --now nginx mosquitto >/dev/null 2>&1 || true
+  fi
+fi
+
+installed() { rustup toolchain list | grep -q "^$1"; }
+installed "$STABLE" || { say "installing Rust $STABLE"; rustup toolchain install "$STABLE" --profile minimal --component clippy,rustfmt; }
+installed "$NIGHTLY" || { say "installing $NIGHTLY"; rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src; }
+
+if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER"; then
+  # bpf-linker links against the nightly's own libLLVM (Debian has no LLVM 23): see
+  # shared/docs/toolchain.md. The prefix must outlive the build (it is the binary's rpath).
+  sysroot=$(rustc +"$NIGHTLY" --print sysroot)
+  prefix="$HOME/.cache/tlsmon/llvm"
+  mkdir -p "$prefix/lib"
+  ln -sf "$sysroot/lib/$LLVM_SONAME" "$prefix/lib/libLLVM.so"
+  ln -sf "$sysroot/lib/$LLVM_SONAME" "$prefix/lib/$LLVM_SONAME"
+  say "building bpf-linker $BPF_LINKER (about 80 s)"
+  LLVM_PREFIX="$prefix" cargo +"$NIGHTLY" install bpf-linker --version "$BPF_LINKER" --locked --quiet
+fi
+say "ready ($PURPOSE)"
