@@ -105,7 +105,11 @@ impl StreamReassembler {
         let have = self.bytes.len();
         if off < have {
             let overlap = (have - off).min(data.len());
-            self.note_duplicate(&self.bytes[off..off + overlap].to_vec(), &data[..overlap]);
+            note_duplicate(
+                &mut self.stats,
+                &self.bytes[off..off + overlap],
+                &data[..overlap],
+            );
             data = &data[overlap..];
             off += overlap;
             if data.is_empty() {
@@ -121,16 +125,10 @@ impl StreamReassembler {
         }
     }
 
-    fn note_duplicate(&mut self, old: &[u8], new: &[u8]) {
-        self.stats.duplicate_bytes += new.len() as u64;
-        self.stats.conflicting_bytes += old.iter().zip(new).filter(|(a, b)| a != b).count() as u64;
-    }
-
     fn insert_pending(&mut self, off: usize, data: &[u8]) {
         match self.pending.get(&off) {
             Some(existing) if existing.len() >= data.len() => {
-                let existing = existing.clone();
-                self.note_duplicate(&existing[..data.len()], data);
+                note_duplicate(&mut self.stats, &existing[..data.len()], data);
             }
             _ => {
                 let old = self
@@ -154,8 +152,11 @@ impl StreamReassembler {
             };
             self.pending_len -= seg.len();
             let overlap = (end - off).min(seg.len());
-            let old = self.bytes[off..off + overlap].to_vec();
-            self.note_duplicate(&old, &seg[..overlap]);
+            note_duplicate(
+                &mut self.stats,
+                &self.bytes[off..off + overlap],
+                &seg[..overlap],
+            );
             self.bytes.extend_from_slice(&seg[overlap..]);
         }
     }
@@ -164,6 +165,12 @@ impl StreamReassembler {
     pub fn pending_bytes(&self) -> usize {
         self.pending_len
     }
+}
+
+/// Counts bytes received again, and those that differ from what was first received.
+fn note_duplicate(stats: &mut ReassemblyStats, old: &[u8], new: &[u8]) {
+    stats.duplicate_bytes += new.len() as u64;
+    stats.conflicting_bytes += old.iter().zip(new).filter(|(a, b)| a != b).count() as u64;
 }
 
 #[cfg(test)]

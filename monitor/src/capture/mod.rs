@@ -173,10 +173,10 @@ fn check_prerequisites() -> Result<(), CaptureError> {
     if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
         return Err(CaptureError::NoBtf);
     }
-    if let Ok(l) = std::fs::read_to_string("/sys/kernel/security/lockdown") {
-        if l.contains("[confidentiality]") {
-            return Err(CaptureError::Lockdown);
-        }
+    if let Ok(l) = std::fs::read_to_string("/sys/kernel/security/lockdown")
+        && l.contains("[confidentiality]")
+    {
+        return Err(CaptureError::Lockdown);
     }
     Ok(())
 }

@@ -123,14 +123,14 @@ impl ProcessCache {
                 container: None,
             };
         };
-        if let Some((s, info)) = self.by_tgid.get(&owner.tgid) {
-            if *s == start {
-                return ProcessInfo {
-                    pid: owner.pid,
-                    comm: owner.comm.clone(),
-                    ..info.clone()
-                };
-            }
+        if let Some((s, info)) = self.by_tgid.get(&owner.tgid)
+            && *s == start
+        {
+            return ProcessInfo {
+                pid: owner.pid,
+                comm: owner.comm.clone(),
+                ..info.clone()
+            };
         }
         let cgroup = std::fs::read_to_string(dir.join("cgroup")).ok();
         let cgroup_path = cgroup.as_deref().and_then(parse::cgroup_path);
