@@ -324,27 +324,29 @@ unsafe fn stream_origin(sk: *mut bpf_sock, dir: u8, mid_stream_other: bool) -> O
     }
 }
 
+/// Picks the egress or ingress variant of a per-direction value.
+#[inline(always)]
+fn by_dir<T>(dir: u8, egress: T, ingress: T) -> T {
+    if dir == direction::EGRESS {
+        egress
+    } else {
+        ingress
+    }
+}
+
 #[inline(always)]
 fn start_flag(dir: u8) -> u32 {
-    if dir == direction::EGRESS {
-        F_START_EGRESS
-    } else {
-        F_START_INGRESS
-    }
+    by_dir(dir, F_START_EGRESS, F_START_INGRESS)
 }
 
 #[inline(always)]
 fn full_flag(dir: u8) -> u32 {
-    if dir == direction::EGRESS {
-        F_FULL_EGRESS
-    } else {
-        F_FULL_INGRESS
-    }
+    by_dir(dir, F_FULL_EGRESS, F_FULL_INGRESS)
 }
 
 #[inline(always)]
 fn dir_index(dir: u8) -> usize {
-    if dir == direction::EGRESS { 0 } else { 1 }
+    by_dir(dir, 0, 1)
 }
 
 #[inline(always)]

@@ -155,33 +155,34 @@ fn curl_that_fails_and_exits_at_once_is_still_named() {
     );
 }
 
-#[test]
-#[ignore = "privileged: run `sudo ./x test`"]
-fn plain_http_to_a_tls_port_is_reported_as_not_tls_with_its_first_bytes() {
-    let port = free_port();
-    let server_addr = addr(&format!("127.0.0.1:{port}"));
-    let tracer = Tracer::start(&["--tls-port", &port.to_string()]);
+/// A plain HTTP exchange (python http.server, curl) traced with `tracer_args`.
+fn traced_http_exchange(tracer_args: &[&str], port: u16) -> TraceOutput {
+    let tracer = Tracer::start(tracer_args);
+    let port_arg = port.to_string();
     let _server = spawn(Command::new("python3").args([
         "-m",
         "http.server",
         "--bind",
         "127.0.0.1",
-        &port.to_string(),
+        &port_arg,
     ]));
-    wait_listening(server_addr, Duration::from_secs(10));
+    wait_listening(addr(&format!("127.0.0.1:{port}")), Duration::from_secs(10));
+    let url = format!("http://127.0.0.1:{port}/");
     let (ok, _) = run_bounded(
-        Command::new("curl").args([
-            "-sS",
-            "--max-time",
-            "5",
-            &format!("http://127.0.0.1:{port}/"),
-        ]),
+        Command::new("curl").args(["-sS", "--max-time", "5", &url]),
         Duration::from_secs(10),
     );
     assert!(ok, "plain HTTP works");
-    let out = tracer.stop();
+    tracer.stop()
+}
+
+#[test]
+#[ignore = "privileged: run `sudo ./x test`"]
+fn plain_http_to_a_tls_port_is_reported_as_not_tls_with_its_first_bytes() {
+    let port = free_port();
+    let out = traced_http_exchange(&["--tls-port", &port.to_string()], port);
     // wait_listening's probe connection sends nothing; the curl connection sends a request.
-    let servers = out.for_server(&server_addr.to_string(), "server");
+    let servers = out.for_server(&format!("127.0.0.1:{port}"), "server");
     let http: Vec<_> = servers
         .iter()
         .filter(|r| s(r, &["client_to_server"]).starts_with("not-tls(\"GET / HTTP/1.1"))
@@ -195,34 +196,17 @@ fn plain_http_to_a_tls_port_is_reported_as_not_tls_with_its_first_bytes() {
 #[ignore = "privileged: run `sudo ./x test`"]
 fn plain_http_to_an_ordinary_port_costs_no_record() {
     let port = free_port();
-    let server_addr = addr(&format!("127.0.0.1:{port}"));
-    let tracer = Tracer::start(&[]);
-    let _server = spawn(Command::new("python3").args([
-        "-m",
-        "http.server",
-        "--bind",
-        "127.0.0.1",
-        &port.to_string(),
-    ]));
-    wait_listening(server_addr, Duration::from_secs(10));
-    let (ok, _) = run_bounded(
-        Command::new("curl").args([
-            "-sS",
-            "--max-time",
-            "5",
-            &format!("http://127.0.0.1:{port}/"),
-        ]),
-        Duration::from_secs(10),
-    );
-    assert!(ok);
-    let out = tracer.stop();
+    let out = traced_http_exchange(&[], port);
+    let server_addr = format!("127.0.0.1:{port}");
     assert!(
-        out.for_server(&server_addr.to_string(), "server")
-            .is_empty()
+        out.for_server(&server_addr, "server").is_empty(),
+        "{:?}",
+        out.records
     );
     assert!(
-        out.for_server(&server_addr.to_string(), "client")
-            .is_empty()
+        out.for_server(&server_addr, "client").is_empty(),
+        "{:?}",
+        out.records
     );
 }
 

@@ -59,6 +59,55 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Test counts summed over every `test result:` line cargo printed.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+impl Tally {
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        let count = |word: &str| -> u64 {
+            rest.split([';', '.'])
+                .find_map(|part| part.trim().strip_suffix(word)?.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        self.passed += count(" passed");
+        self.failed += count(" failed");
+    }
+}
+
+/// Runs a `cargo test`, echoing its output and counting its results.
+fn run_tests(cmd: &mut Command, tally: &mut Tally) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    eprintln!("xtask: {cmd:?}");
+    let mut child = cmd
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            println!("{line}");
+            tally.add_line(&line);
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        println!(
+            "xtask: {} passed, {} failed",
+            tally.passed,
+            tally.failed.max(1)
+        );
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
 fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
@@ -81,8 +130,10 @@ fn is_root() -> bool {
 fn test(unit_only: bool, filter: Option<String>) -> Result<()> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
-    run(cargo().args(["test"]))?;
+    let mut tally = Tally::default();
+    run_tests(cargo().args(["test"]), &mut tally)?;
     if unit_only {
+        println!("xtask: {} passed, {} failed", tally.passed, tally.failed);
         return Ok(());
     }
     if !is_root() {
@@ -90,13 +141,16 @@ fn test(unit_only: bool, filter: Option<String>) -> Result<()> {
     }
     let bin = build()?;
     let mut e2e = cargo();
-    e2e.args(["test", "--release", "-p", "tlsmon-e2e", "--"]);
+    e2e.args(["test", "--release", "-p", "tlsmon-e2e", "--tests", "--"]);
     if let Some(f) = filter {
         e2e.arg(f);
     }
     e2e.args(["--include-ignored", "--test-threads=1"])
         .env("TLSMON_BIN", bin);
-    run(&mut e2e)
+    run_tests(&mut e2e, &mut tally)?;
+    // The plain closing line: unit and privileged tests together.
+    println!("xtask: {} passed, {} failed", tally.passed, tally.failed);
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -107,5 +161,21 @@ fn main() -> Result<()> {
             run(Command::new(bin).arg("run").args(args))
         }
         Cmd::Test { unit_only, filter } => test(unit_only, filter),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn tally_sums_cargo_result_lines() {
+        let mut t = Tally::default();
+        t.add_line("test result: ok. 29 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s");
+        t.add_line(
+            "test result: FAILED. 8 passed; 2 failed; 10 ignored; 0 measured; 0 filtered out",
+        );
+        t.add_line("running 10 tests");
+        assert_eq!((t.passed, t.failed), (37, 2));
     }
 }
