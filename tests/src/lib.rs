@@ -67,7 +67,22 @@ pub fn wait_listening(addr: SocketAddr, limit: Duration) {
     panic!("nothing listens on {addr} after {limit:?}");
 }
 
+/// Waits at most `limit` for `child` to exit; `None` if it is still running.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if t0.elapsed() > limit {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Runs a command to completion (bounded by `timeout`); returns (exit success, stdout).
+/// Stdout is read while the command runs, so a large output cannot block it.
 pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> (bool, String) {
     let mut child = cmd
         .stdin(Stdio::null())
@@ -75,21 +90,19 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> (bool, String) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-    let t0 = Instant::now();
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            let mut out = String::new();
-            if let Some(mut o) = child.stdout.take() {
-                let _ = std::io::Read::read_to_string(&mut o, &mut out);
-            }
-            return (status.success(), out);
-        }
-        if t0.elapsed() > timeout {
+    let mut stdout = child.stdout.take().expect("stdout");
+    let reader = thread::spawn(move || {
+        let mut out = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
+        out
+    });
+    match wait_exit(&mut child, timeout) {
+        Some(status) => (status.success(), reader.join().unwrap_or_default()),
+        None => {
             let _ = child.kill();
             let _ = child.wait();
-            return (false, String::new());
+            (false, String::new())
         }
-        thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -259,13 +272,7 @@ impl Tracer {
     fn stop_inner(&mut self) -> TraceOutput {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
+        wait_exit(&mut self.child, Duration::from_secs(20));
         let _ = self.child.kill();
         let _ = self.child.wait();
         for r in self.readers.drain(..) {
@@ -420,13 +427,7 @@ pub fn tcpdump(file: &Path, port: u16) -> Bg {
 pub fn stop_tcpdump(mut bg: Bg) {
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(bg.0.id() as i32, libc::SIGINT) };
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(10) {
-        if let Ok(Some(_)) = bg.0.try_wait() {
-            return;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_exit(&mut bg.0, Duration::from_secs(10));
 }
 
 /// The string value of a JSON field, or "".
