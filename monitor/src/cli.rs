@@ -24,6 +24,43 @@ pub enum Command {
     /// Print one line per TCP connection whose handshake was captured: process, role,
     /// ends, TLS records each way, and how it ended.
     Trace(TraceArgs),
+    /// Diagnose every TLS handshake in a pcap or pcapng file (no root needed).
+    Analyze(AnalyzeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AnalyzeArgs {
+    /// The capture file (tcpdump -w, Wireshark, tshark).
+    pub file: std::path::PathBuf,
+    /// One JSON object per connection instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Only failed handshakes.
+    #[arg(long)]
+    pub failures: bool,
+    /// Also list connections that are not TLS (plaintext on ordinary ports).
+    #[arg(long)]
+    pub all: bool,
+    /// Extra port known to speak TLS (plaintext sent to it is a failure); repeatable.
+    #[arg(long = "tls-port")]
+    pub tls_ports: Vec<u16>,
+    /// Never draw a progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+impl AnalyzeArgs {
+    pub fn options(&self) -> crate::analyze::AnalyzeOptions {
+        let mut tls_ports = crate::handshake::DEFAULT_TLS_PORTS.to_vec();
+        tls_ports.extend(&self.tls_ports);
+        crate::analyze::AnalyzeOptions {
+            json: self.json,
+            failures_only: self.failures,
+            include_not_tls: self.all,
+            tls_ports,
+            progress: !self.no_progress,
+        }
+    }
 }
 
 #[derive(Debug, Args, Clone)]

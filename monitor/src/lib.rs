@@ -4,10 +4,12 @@
 //! `events` (typed records) → `flows` (per-connection state, `reassembly` per direction) →
 //! `records` (TLS record headers) → `trace` (what the operator sees).
 
+pub mod analyze;
 pub mod capture;
 pub mod cli;
 pub mod events;
 pub mod flows;
+pub mod handshake;
 pub mod reassembly;
 pub mod records;
 pub mod trace;

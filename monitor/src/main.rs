@@ -12,6 +12,16 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // The offline path needs no runtime and no privileges.
+    if let Command::Analyze(a) = &cli.command {
+        return match tlsmon::analyze::run(&a.file, &a.options()) {
+            Ok(_) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tlsmon: {e:#}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -32,6 +42,7 @@ fn main() -> std::process::ExitCode {
                     .await
                     .map(drop)
             }
+            Command::Analyze(_) => Ok(()),
         }
     });
     match result {

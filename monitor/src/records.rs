@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use crate::handshake::names::{alert_name, handshake_name};
+
 /// Plaintext handshake bytes kept while waiting for the rest of a message.
 const MAX_HANDSHAKE_BUFFER: usize = 64 * 1024;
 
@@ -142,72 +144,6 @@ fn drain_messages(buf: &mut Vec<u8>, items: &mut Vec<RecordItem>) {
         at += 4 + len;
     }
     buf.drain(..at);
-}
-
-/// RFC 8446 §4 handshake message names.
-pub fn handshake_name(t: u8) -> &'static str {
-    match t {
-        0 => "HelloRequest",
-        1 => "ClientHello",
-        2 => "ServerHello",
-        4 => "NewSessionTicket",
-        5 => "EndOfEarlyData",
-        8 => "EncryptedExtensions",
-        11 => "Certificate",
-        12 => "ServerKeyExchange",
-        13 => "CertificateRequest",
-        14 => "ServerHelloDone",
-        15 => "CertificateVerify",
-        16 => "ClientKeyExchange",
-        20 => "Finished",
-        21 => "CertificateUrl",
-        22 => "CertificateStatus",
-        24 => "KeyUpdate",
-        254 => "MessageHash",
-        _ => "Unknown",
-    }
-}
-
-/// TLS alert descriptions (IANA TLS Alerts registry).
-pub fn alert_name(code: u8) -> &'static str {
-    match code {
-        0 => "close_notify",
-        10 => "unexpected_message",
-        20 => "bad_record_mac",
-        21 => "decryption_failed",
-        22 => "record_overflow",
-        30 => "decompression_failure",
-        40 => "handshake_failure",
-        41 => "no_certificate",
-        42 => "bad_certificate",
-        43 => "unsupported_certificate",
-        44 => "certificate_revoked",
-        45 => "certificate_expired",
-        46 => "certificate_unknown",
-        47 => "illegal_parameter",
-        48 => "unknown_ca",
-        49 => "access_denied",
-        50 => "decode_error",
-        51 => "decrypt_error",
-        60 => "export_restriction",
-        70 => "protocol_version",
-        71 => "insufficient_security",
-        80 => "internal_error",
-        86 => "inappropriate_fallback",
-        90 => "user_canceled",
-        100 => "no_renegotiation",
-        109 => "missing_extension",
-        110 => "unsupported_extension",
-        111 => "certificate_unobtainable",
-        112 => "unrecognized_name",
-        113 => "bad_certificate_status_response",
-        114 => "bad_certificate_hash_value",
-        115 => "unknown_psk_identity",
-        116 => "certificate_required",
-        120 => "no_application_protocol",
-        121 => "ech_required",
-        _ => "unknown_alert",
-    }
 }
 
 impl fmt::Display for StreamSummary {

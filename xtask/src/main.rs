@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask build | run | test`.
+//! Project tasks: `cargo xtask build | run | test | fixtures`.
 //!
 //! `./x` (the README's entry point) installs toolchains and test programs first, then calls
 //! this. Every step prints what it runs; the first failing step ends the task non-zero.
@@ -37,6 +37,12 @@ enum Cmd {
         /// Only end-to-end tests whose name contains this.
         #[arg(long)]
         filter: Option<String>,
+    },
+    /// Regenerate the handshake fixtures (root: tcpdump): real client/server pairs on
+    /// loopback with a fresh PKI, recorded into monitor/tests/fixtures/handshakes.
+    Fixtures {
+        /// Only scenarios whose name contains one of these.
+        only: Vec<String>,
     },
 }
 
@@ -161,6 +167,23 @@ fn main() -> Result<()> {
             run(Command::new(bin).arg("run").args(args))
         }
         Cmd::Test { unit_only, filter } => test(unit_only, filter),
+        Cmd::Fixtures { only } => {
+            if !is_root() {
+                bail!("recording fixtures runs tcpdump on loopback and needs root");
+            }
+            run(cargo()
+                .args([
+                    "run",
+                    "--quiet",
+                    "-p",
+                    "tlsmon-e2e",
+                    "--bin",
+                    "make_fixtures",
+                    "--",
+                ])
+                .arg(root().join("monitor/tests/fixtures/handshakes"))
+                .args(only))
+        }
     }
 }
 

@@ -42,9 +42,7 @@ impl Default for CaptureConfig {
             direction_budget: monitor_common::DEFAULT_DIRECTION_BUDGET,
             watch_limit: monitor_common::DEFAULT_WATCH_LIMIT,
             ring_bytes: 4 * 1024 * 1024,
-            tls_ports: vec![
-                443, 465, 636, 853, 990, 993, 995, 5061, 6443, 8443, 8883, 9443,
-            ],
+            tls_ports: crate::handshake::DEFAULT_TLS_PORTS.to_vec(),
         }
     }
 }

@@ -1,0 +1,287 @@
+//! TCP connections out of segments: who is the client, both directions reassembled with
+//! the same `reassembly` module live capture uses, each fed in arrival order to a
+//! `handshake::Connection`. Bounded: per-direction byte limit and idle expiry.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use crate::handshake::{CloseKind, Connection, ConnectionMeta, HandshakeOutcome, Party};
+use crate::reassembly::StreamReassembler;
+
+use super::segments::Segment;
+
+/// Bytes kept per direction: the handshake, not the application data.
+pub const DIRECTION_LIMIT: usize = 64 * 1024;
+/// A connection silent this long (capture time) is judged as it stands.
+pub const IDLE_NS: u64 = 300 * 1_000_000_000;
+
+/// What happened on a connection, in arrival order (kept when recording for tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Data {
+        from: Party,
+        ts_ns: u64,
+        bytes: Vec<u8>,
+    },
+    Closed {
+        by: Party,
+        how: CloseKind,
+        ts_ns: u64,
+    },
+}
+
+/// A finished conversation.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub first_ns: u64,
+    /// Capture time at which the verdict was taken.
+    pub end_ns: u64,
+    pub meta: ConnectionMeta,
+    pub outcome: HandshakeOutcome,
+    pub events: Option<Vec<Event>>,
+}
+
+struct Conversation {
+    meta: ConnectionMeta,
+    client: SocketAddr,
+    server: SocketAddr,
+    first_ns: u64,
+    last_ns: u64,
+    conn: Connection,
+    /// Index: `Party::index()`; created at SYN or first payload.
+    streams: [Option<StreamReassembler>; 2],
+    /// ISN + 1 learned from SYN / SYN-ACK before any payload.
+    starts: [Option<u32>; 2],
+    fed: [usize; 2],
+    closed: [bool; 2],
+    reset: bool,
+    events: Option<Vec<Event>>,
+}
+
+impl Conversation {
+    fn party(&self, src: SocketAddr) -> Party {
+        if src == self.client {
+            Party::Client
+        } else {
+            Party::Server
+        }
+    }
+
+    fn record(&mut self, e: Event) {
+        if let Some(events) = &mut self.events {
+            events.push(e);
+        }
+    }
+
+    fn report(mut self, now: u64) -> Report {
+        Report {
+            client: self.client,
+            server: self.server,
+            first_ns: self.first_ns,
+            end_ns: now,
+            meta: self.meta,
+            outcome: verdict(&self.conn, now),
+            events: self.events.take(),
+        }
+    }
+}
+
+/// A handshake record starting with a ClientHello: its sender is the client.
+fn is_client_hello(p: &[u8]) -> bool {
+    p.len() > 5 && p[0] == 0x16 && p[5] == 1
+}
+
+/// The verdict on a conversation that ended (or was cut off) at `now`.
+pub fn verdict(conn: &Connection, now: u64) -> HandshakeOutcome {
+    match conn.outcome() {
+        HandshakeOutcome::Undecided => conn.finish(now),
+        o => o,
+    }
+}
+
+/// Feeds recorded events to a fresh connection: how tests replay a capture re-chunked.
+pub fn replay<'a>(
+    meta: ConnectionMeta,
+    first_ns: u64,
+    events: impl IntoIterator<Item = &'a Event>,
+) -> Connection {
+    let mut conn = Connection::new(meta);
+    conn.opened(first_ns);
+    for e in events {
+        match e {
+            Event::Data { from, ts_ns, bytes } => conn.data(*from, *ts_ns, bytes),
+            Event::Closed { by, how, ts_ns } => conn.closed(*by, *how, *ts_ns),
+        }
+    }
+    conn
+}
+
+type Key = (SocketAddr, SocketAddr);
+
+fn key(a: SocketAddr, b: SocketAddr) -> Key {
+    if a <= b { (a, b) } else { (b, a) }
+}
+
+/// All TCP connections of one capture.
+pub struct Tracker {
+    table: HashMap<Key, Conversation>,
+    tls_ports: Vec<u16>,
+    record: bool,
+    segments: u64,
+    last_expiry_ns: u64,
+}
+
+impl Tracker {
+    /// `record`: keep every event of each conversation in its report (tests replay them).
+    pub fn new(tls_ports: Vec<u16>, record: bool) -> Self {
+        Tracker {
+            table: HashMap::new(),
+            tls_ports,
+            record,
+            segments: 0,
+            last_expiry_ns: 0,
+        }
+    }
+
+    pub fn open_conversations(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Takes one segment; finished conversations go to `done`.
+    pub fn segment(&mut self, ts_ns: u64, seg: &Segment<'_>, done: &mut Vec<Report>) {
+        self.segments += 1;
+        if ts_ns.saturating_sub(self.last_expiry_ns) > IDLE_NS / 4 {
+            self.expire(ts_ns, done);
+            self.last_expiry_ns = ts_ns;
+        }
+        let k = key(seg.src, seg.dst);
+        let fresh_syn = seg.syn && !seg.ack;
+        if fresh_syn
+            && let Some(old) = self.table.get(&k)
+            && (old.closed.iter().any(|c| *c) || old.reset || old.fed != [0, 0])
+        {
+            // Port reuse: a new connection on the same 4-tuple.
+            if let Some(old) = self.table.remove(&k) {
+                done.push(old.report(ts_ns));
+            }
+        }
+        if !self.table.contains_key(&k) {
+            if !(seg.syn || !seg.payload.is_empty()) {
+                return; // ACKs, FINs and RSTs of connections we never saw start
+            }
+            let conv = self.start(ts_ns, seg);
+            self.table.insert(k, conv);
+        }
+        let Some(conv) = self.table.get_mut(&k) else {
+            return;
+        };
+        conv.last_ns = ts_ns;
+        let from = conv.party(seg.src);
+        let i = from.index();
+        if seg.syn {
+            conv.starts[i] = Some(seg.seq.wrapping_add(1));
+        }
+        if !seg.payload.is_empty() {
+            let start = conv.starts[i].unwrap_or(seg.seq);
+            let stream = conv.streams[i]
+                .get_or_insert_with(|| StreamReassembler::new(start, DIRECTION_LIMIT));
+            stream.push(seg.seq, seg.payload);
+            let new = &stream.contiguous()[conv.fed[i]..];
+            if !new.is_empty() {
+                let new = new.to_vec();
+                conv.fed[i] += new.len();
+                conv.conn.data(from, ts_ns, &new);
+                conv.record(Event::Data {
+                    from,
+                    ts_ns,
+                    bytes: new,
+                });
+            }
+        }
+        if seg.rst || (seg.fin && !conv.closed[i]) {
+            let how = if seg.rst {
+                CloseKind::Reset
+            } else {
+                CloseKind::Fin
+            };
+            conv.closed[i] = true;
+            conv.reset |= seg.rst;
+            conv.conn.closed(from, how, ts_ns);
+            conv.record(Event::Closed {
+                by: from,
+                how,
+                ts_ns,
+            });
+        }
+        if (conv.reset || conv.closed == [true, true])
+            && let Some(conv) = self.table.remove(&k)
+        {
+            done.push(conv.report(ts_ns));
+        }
+    }
+
+    fn start(&self, ts_ns: u64, seg: &Segment<'_>) -> Conversation {
+        let (client, server) = self.roles(seg);
+        let meta = ConnectionMeta {
+            tls_port: self.tls_ports.contains(&server.port()),
+        };
+        let mut conn = Connection::new(meta);
+        conn.opened(ts_ns);
+        Conversation {
+            meta,
+            client,
+            server,
+            first_ns: ts_ns,
+            last_ns: ts_ns,
+            conn,
+            streams: [None, None],
+            starts: [None, None],
+            fed: [0, 0],
+            closed: [false, false],
+            reset: false,
+            events: self.record.then(Vec::new),
+        }
+    }
+
+    /// Client and server of a connection first seen at `seg`.
+    fn roles(&self, seg: &Segment<'_>) -> (SocketAddr, SocketAddr) {
+        let src_is_client = if seg.syn {
+            !seg.ack
+        } else if is_client_hello(seg.payload) || self.tls_ports.contains(&seg.dst.port()) {
+            true
+        } else if self.tls_ports.contains(&seg.src.port()) {
+            false
+        } else {
+            seg.src.port() > seg.dst.port() // ephemeral ports are the high ones
+        };
+        if src_is_client {
+            (seg.src, seg.dst)
+        } else {
+            (seg.dst, seg.src)
+        }
+    }
+
+    /// Judges conversations idle for `IDLE_NS` at capture time `now`.
+    pub fn expire(&mut self, now: u64, done: &mut Vec<Report>) {
+        let idle: Vec<Key> = self
+            .table
+            .iter()
+            .filter(|(_, c)| now.saturating_sub(c.last_ns) >= IDLE_NS)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in idle {
+            if let Some(c) = self.table.remove(&k) {
+                done.push(c.report(now));
+            }
+        }
+    }
+
+    /// The end of the capture at `now`: every open conversation is judged.
+    pub fn finish(mut self, now: u64) -> Vec<Report> {
+        let mut left: Vec<Conversation> = self.table.drain().map(|(_, c)| c).collect();
+        left.sort_by_key(|c| c.first_ns);
+        left.into_iter().map(|c| c.report(now)).collect()
+    }
+}

@@ -1,0 +1,398 @@
+//! What the client offered (ClientHello) and what the server chose (ServerHello), decoded
+//! with tls-parser, plus the JA3 and JA4 fingerprints of the offer.
+
+use md5::{Digest as _, Md5};
+use serde::Serialize;
+use sha2::Sha256;
+use tls_parser::{TlsExtension, TlsMessage, TlsMessageHandshake, parse_tls_message_handshake};
+
+use super::names::{cipher_name, group_name, is_grease, sigalg_name, version_name};
+
+const EXT_SERVER_NAME: u16 = 0;
+const EXT_SUPPORTED_GROUPS: u16 = 10;
+const EXT_EC_POINT_FORMATS: u16 = 11;
+const EXT_ALPN: u16 = 16;
+const TLS_FALLBACK_SCSV: u16 = 0x5600;
+
+/// RFC 8446 §4.1.3: a ServerHello with this random is a HelloRetryRequest.
+const HELLO_RETRY_RANDOM: [u8; 32] = [
+    0xcf, 0x21, 0xad, 0x74, 0xe5, 0x9a, 0x61, 0x11, 0xbe, 0x1d, 0x8c, 0x02, 0x1e, 0x65, 0xb8, 0x91,
+    0xc2, 0xa2, 0x11, 0x16, 0x7a, 0xbb, 0x8c, 0x5e, 0x07, 0x9e, 0x09, 0xe2, 0xc8, 0xa8, 0x33, 0x9c,
+];
+
+/// A list of code points with their registry names, as events show them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Named {
+    pub ids: Vec<u16>,
+    pub names: Vec<String>,
+}
+
+impl Named {
+    fn new(ids: Vec<u16>, name: fn(u16) -> String) -> Self {
+        let ids: Vec<u16> = ids.into_iter().filter(|&v| !is_grease(v)).collect();
+        let names = ids.iter().map(|&v| name(v)).collect();
+        Named { ids, names }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// The client's offer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ClientOffer {
+    /// ClientHello.legacy_version.
+    pub legacy_version: u16,
+    /// supported_versions if present, else the legacy version alone (GREASE removed).
+    pub versions: Named,
+    pub ciphers: Named,
+    pub sigalgs: Named,
+    pub groups: Named,
+    pub server_name: Option<String>,
+    pub alpn: Vec<String>,
+    /// TLS_FALLBACK_SCSV is in the cipher list (RFC 7507): a retry at a lower version.
+    pub fallback_scsv: bool,
+    pub ja3: String,
+    pub ja3_string: String,
+    pub ja4: String,
+}
+
+impl ClientOffer {
+    /// The highest version offered.
+    pub fn max_version(&self) -> u16 {
+        self.versions
+            .ids
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(self.legacy_version)
+    }
+
+    /// The lowest version offered.
+    pub fn min_version(&self) -> u16 {
+        self.versions
+            .ids
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(self.legacy_version)
+    }
+
+    /// "TLSv1.0-TLSv1.2" or "TLSv1.3".
+    pub fn version_range(&self) -> String {
+        let (lo, hi) = (self.min_version(), self.max_version());
+        if lo == hi {
+            version_name(hi)
+        } else {
+            format!("{}-{}", version_name(lo), version_name(hi))
+        }
+    }
+}
+
+/// The server's choice.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ServerChoice {
+    /// The negotiated version (supported_versions in TLS 1.3, else legacy_version).
+    pub version: u16,
+    pub version_name: String,
+    pub cipher: u16,
+    pub cipher_name: String,
+    pub alpn: Option<String>,
+    /// This ServerHello is a HelloRetryRequest.
+    pub hello_retry: bool,
+}
+
+/// Why a hello could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed {0}")]
+pub struct MalformedHello(pub &'static str);
+
+/// Decodes a ClientHello message body (without its 4-byte header).
+pub fn parse_client_hello(body: &[u8]) -> Result<ClientOffer, MalformedHello> {
+    let msg = with_header(1, body);
+    let Ok((_, TlsMessage::Handshake(TlsMessageHandshake::ClientHello(ch)))) =
+        parse_tls_message_handshake(&msg)
+    else {
+        return Err(MalformedHello("ClientHello"));
+    };
+    let cipher_ids: Vec<u16> = ch.ciphers.iter().map(|c| c.0).collect();
+    let ext_block = ch.ext.unwrap_or(&[]);
+    let ext_types = extension_types(ext_block);
+    let mut offer = ClientOffer {
+        legacy_version: ch.version.0,
+        fallback_scsv: cipher_ids.contains(&TLS_FALLBACK_SCSV),
+        ciphers: Named::new(cipher_ids.clone(), cipher_name),
+        ..ClientOffer::default()
+    };
+    let mut versions = Vec::new();
+    let mut point_formats: Vec<u8> = Vec::new();
+    let exts = tls_parser::parse_tls_client_hello_extensions(ext_block)
+        .map(|(_, e)| e)
+        .unwrap_or_default();
+    for ext in &exts {
+        match ext {
+            TlsExtension::SNI(names) => {
+                offer.server_name = names
+                    .iter()
+                    .find(|(t, _)| t.0 == 0)
+                    .map(|(_, n)| String::from_utf8_lossy(n).into_owned());
+            }
+            TlsExtension::SupportedVersions(v) => versions = v.iter().map(|v| v.0).collect(),
+            TlsExtension::SignatureAlgorithms(v) => {
+                offer.sigalgs = Named::new(v.clone(), sigalg_name)
+            }
+            TlsExtension::EllipticCurves(g) => {
+                offer.groups = Named::new(g.iter().map(|g| g.0).collect(), group_name)
+            }
+            TlsExtension::EcPointFormats(f) => point_formats = f.to_vec(),
+            TlsExtension::ALPN(p) => {
+                offer.alpn = p
+                    .iter()
+                    .map(|p| String::from_utf8_lossy(p).into_owned())
+                    .collect()
+            }
+            _ => {}
+        }
+    }
+    if versions.is_empty() {
+        versions.push(ch.version.0);
+    }
+    offer.versions = Named::new(versions, version_name);
+    offer.ja3_string = ja3_string(
+        ch.version.0,
+        &cipher_ids,
+        &ext_types,
+        &offer.groups.ids,
+        &point_formats,
+    );
+    offer.ja3 = hex(&Md5::digest(offer.ja3_string.as_bytes()));
+    offer.ja4 = ja4(&offer, &cipher_ids, &ext_types);
+    Ok(offer)
+}
+
+/// Decodes a ServerHello message body (without its 4-byte header).
+pub fn parse_server_hello(body: &[u8]) -> Result<ServerChoice, MalformedHello> {
+    let msg = with_header(2, body);
+    let sh = match parse_tls_message_handshake(&msg) {
+        Ok((_, TlsMessage::Handshake(TlsMessageHandshake::ServerHello(sh)))) => sh,
+        _ => return Err(MalformedHello("ServerHello")),
+    };
+    let mut version = sh.version.0;
+    let mut alpn = None;
+    let exts = tls_parser::parse_tls_server_hello_extensions(sh.ext.unwrap_or(&[]))
+        .map(|(_, e)| e)
+        .unwrap_or_default();
+    for ext in &exts {
+        match ext {
+            TlsExtension::SupportedVersions(v) if !v.is_empty() => version = v[0].0,
+            TlsExtension::ALPN(p) if !p.is_empty() => {
+                alpn = Some(String::from_utf8_lossy(p[0]).into_owned())
+            }
+            _ => {}
+        }
+    }
+    Ok(ServerChoice {
+        version,
+        version_name: version_name(version),
+        cipher: sh.cipher.0,
+        cipher_name: cipher_name(sh.cipher.0),
+        alpn,
+        hello_retry: sh.random == HELLO_RETRY_RANDOM,
+    })
+}
+
+fn with_header(msg_type: u8, body: &[u8]) -> Vec<u8> {
+    let len = body.len().min(0xff_ffff);
+    let mut m = Vec::with_capacity(4 + len);
+    m.push(msg_type);
+    m.extend_from_slice(&(len as u32).to_be_bytes()[1..]);
+    m.extend_from_slice(&body[..len]);
+    m
+}
+
+/// Extension types in wire order (JA3/JA4 need the raw order, unknown types included).
+fn extension_types(mut block: &[u8]) -> Vec<u16> {
+    let mut types = Vec::new();
+    while block.len() >= 4 {
+        let t = u16::from_be_bytes([block[0], block[1]]);
+        let len = usize::from(u16::from_be_bytes([block[2], block[3]]));
+        types.push(t);
+        block = block.get(4 + len..).unwrap_or(&[]);
+    }
+    types
+}
+
+fn join<T: ToString>(v: impl IntoIterator<Item = T>, sep: &str) -> String {
+    v.into_iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
+/// JA3: "version,ciphers,extensions,groups,point_formats", GREASE removed.
+fn ja3_string(
+    version: u16,
+    ciphers: &[u16],
+    exts: &[u16],
+    groups: &[u16],
+    formats: &[u8],
+) -> String {
+    let keep = |v: &&u16| !is_grease(**v);
+    format!(
+        "{},{},{},{},{}",
+        version,
+        join(ciphers.iter().filter(keep), "-"),
+        join(exts.iter().filter(keep), "-"),
+        join(groups.iter().filter(keep), "-"),
+        join(formats, "-")
+    )
+}
+
+/// JA4 (FoxIO): `t13d1516h2_<sha256 of sorted ciphers>_<sha256 of sorted exts + sigalgs>`.
+fn ja4(offer: &ClientOffer, ciphers: &[u16], exts: &[u16]) -> String {
+    let version = match offer.max_version() {
+        0x0304 => "13",
+        0x0303 => "12",
+        0x0302 => "11",
+        0x0301 => "10",
+        0x0300 => "s3",
+        0x0002 => "s2",
+        _ => "00",
+    };
+    let sni = if offer.server_name.is_some() {
+        'd'
+    } else {
+        'i'
+    };
+    let ciphers: Vec<u16> = ciphers.iter().copied().filter(|&c| !is_grease(c)).collect();
+    let exts: Vec<u16> = exts.iter().copied().filter(|&e| !is_grease(e)).collect();
+    let alpn = match offer.alpn.first().map(|a| a.as_bytes()) {
+        Some([first, .., last])
+            if first.is_ascii_alphanumeric() && last.is_ascii_alphanumeric() =>
+        {
+            format!("{}{}", *first as char, *last as char)
+        }
+        Some([only]) if only.is_ascii_alphanumeric() => format!("{0}{0}", *only as char),
+        Some([first, .., last]) => {
+            format!(
+                "{}{}",
+                &format!("{first:02x}")[..1],
+                &format!("{last:02x}")[1..]
+            )
+        }
+        _ => "00".into(),
+    };
+    let mut sorted_ciphers = ciphers.clone();
+    sorted_ciphers.sort_unstable();
+    let mut sorted_exts: Vec<u16> = exts
+        .iter()
+        .copied()
+        .filter(|&e| e != EXT_SERVER_NAME && e != EXT_ALPN)
+        .collect();
+    sorted_exts.sort_unstable();
+    let hex4 = |v: &u16| format!("{v:04x}");
+    let b = truncated_sha256(&join(sorted_ciphers.iter().map(hex4), ","));
+    let mut c_input = join(sorted_exts.iter().map(hex4), ",");
+    if !offer.sigalgs.is_empty() {
+        c_input.push('_');
+        c_input.push_str(&join(offer.sigalgs.ids.iter().map(hex4), ","));
+    }
+    let c = if sorted_exts.is_empty() {
+        "000000000000".to_string()
+    } else {
+        truncated_sha256(&c_input)
+    };
+    format!(
+        "t{version}{sni}{:02}{:02}{alpn}_{b}_{c}",
+        ciphers.len().min(99),
+        exts.len().min(99)
+    )
+}
+
+fn truncated_sha256(s: &str) -> String {
+    if s.is_empty() {
+        return "000000000000".into();
+    }
+    hex(&Sha256::digest(s.as_bytes()))[..12].to_string()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// Keep the constants honest: JA3's extension list uses these numbers too.
+const _: () = assert!(EXT_SUPPORTED_GROUPS == 10 && EXT_EC_POINT_FORMATS == 11);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ClientHello body built field by field (RFC 8446 §4.1.2).
+    pub(crate) fn client_hello_body(
+        sni: Option<&str>,
+        versions: &[u16],
+        ciphers: &[u16],
+    ) -> Vec<u8> {
+        let mut b = vec![3, 3];
+        b.extend([7u8; 32]);
+        b.push(0);
+        b.extend(((ciphers.len() * 2) as u16).to_be_bytes());
+        for c in ciphers {
+            b.extend(c.to_be_bytes());
+        }
+        b.extend([1, 0]);
+        let mut exts = Vec::new();
+        if let Some(name) = sni {
+            let n = name.as_bytes();
+            exts.extend(0u16.to_be_bytes());
+            exts.extend(((n.len() + 5) as u16).to_be_bytes());
+            exts.extend(((n.len() + 3) as u16).to_be_bytes());
+            exts.push(0);
+            exts.extend((n.len() as u16).to_be_bytes());
+            exts.extend(n);
+        }
+        exts.extend(0x0a0au16.to_be_bytes()); // GREASE extension
+        exts.extend(0u16.to_be_bytes());
+        exts.extend(43u16.to_be_bytes());
+        exts.extend(((versions.len() * 2 + 1) as u16).to_be_bytes());
+        exts.push((versions.len() * 2) as u8);
+        for v in versions {
+            exts.extend(v.to_be_bytes());
+        }
+        exts.extend(16u16.to_be_bytes());
+        exts.extend(5u16.to_be_bytes());
+        exts.extend(3u16.to_be_bytes());
+        exts.extend(b"\x02h2");
+        b.extend((exts.len() as u16).to_be_bytes());
+        b.extend(exts);
+        b
+    }
+
+    #[test]
+    fn client_hello_fields_and_fingerprints() {
+        let body = client_hello_body(
+            Some("api.example.com"),
+            &[0x0304, 0x0303],
+            &[0x1301, 0xc02f, 0x5600],
+        );
+        let offer = parse_client_hello(&body).expect("valid hello");
+        assert_eq!(offer.server_name.as_deref(), Some("api.example.com"));
+        assert_eq!(offer.versions.names, ["TLSv1.3", "TLSv1.2"]);
+        assert_eq!(offer.version_range(), "TLSv1.2-TLSv1.3");
+        assert!(offer.fallback_scsv);
+        assert_eq!(offer.alpn, ["h2"]);
+        assert_eq!(offer.ja3_string, "771,4865-49199-22016,0-43-16,,");
+        assert_eq!(offer.ja3.len(), 32);
+        assert!(offer.ja4.starts_with("t13d0303h2_"), "{}", offer.ja4);
+    }
+
+    #[test]
+    fn every_truncated_hello_is_an_error_not_a_panic() {
+        let body = client_hello_body(Some("a"), &[0x0304], &[0x1301]);
+        for at in 0..body.len() {
+            let _ = parse_client_hello(&body[..at]);
+            let _ = parse_server_hello(&body[..at]);
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! The diagnosis core: sans-IO, pure, panic-free on any input.
+//!
+//! Input: the bytes of one TCP connection as they arrive (each direction in chunks of any
+//! size, in arrival order), plus the close/reset of either end and unix timestamps. Output:
+//! a [`HandshakeOutcome`]. Live capture (`flows`) and `tlsmon analyze` (pcap) both feed
+//! this same type. Memory per connection is bounded (see `record_layer`).
+
+pub mod certs;
+mod diagnose;
+pub mod hello;
+pub mod names;
+pub mod outcome;
+pub mod record_layer;
+
+pub use outcome::{
+    AlertInfo, Cause, CloseKind, Closed, Completed, Diagnosis, HandshakeOutcome, NotTls, Party,
+    Stage, Timing,
+};
+
+use certs::CertSummary;
+use hello::{ClientOffer, ServerChoice};
+use record_layer::{Item, RecordLayer};
+
+/// TLS 1.3 encrypted records kept for inference (the handshake needs far fewer).
+const MAX_TRACKED_RECORDS: usize = 32;
+/// Readable alerts kept.
+const MAX_ALERTS: usize = 8;
+
+/// Ports where TLS is expected from the first byte (HTTPS, SMTPS, LDAPS, DoT, FTPS, IMAPS,
+/// POP3S, SIPS, Kubernetes API, alternate HTTPS, MQTTS).
+pub const DEFAULT_TLS_PORTS: &[u16] = &[
+    443, 465, 636, 853, 990, 993, 995, 5061, 6443, 8443, 8883, 9443,
+];
+
+/// What the caller knows about the connection besides its bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionMeta {
+    /// The server port is a known TLS port (443, 8443, ...): plaintext there is a failure.
+    pub tls_port: bool,
+}
+
+/// A readable alert and where it fell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SeenAlert {
+    pub from: Party,
+    pub level: u8,
+    pub code: u8,
+    pub stage: Stage,
+    pub ts_ns: u64,
+}
+
+/// An encrypted record (TLS 1.3 application_data, or a TLS <= 1.2 encrypted alert).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SealedRecord {
+    pub from: Party,
+    pub len: usize,
+    /// The record had the alert content type (TLS <= 1.2 after ChangeCipherSpec).
+    pub alert: bool,
+    pub ts_ns: u64,
+}
+
+/// Everything learned so far; the diagnosis reads only this.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Facts {
+    pub meta: ConnectionMeta,
+    pub start_ns: Option<u64>,
+    pub first_byte_ns: Option<u64>,
+    pub last_ns: u64,
+    pub offer: Option<ClientOffer>,
+    pub offer_ns: u64,
+    pub malformed_hello: Option<Party>,
+    pub choice: Option<ServerChoice>,
+    pub hello_retry: bool,
+    pub server_certs: Option<Vec<CertSummary>>,
+    pub client_certs: Option<Vec<CertSummary>>,
+    pub cert_request: bool,
+    pub ccs: [bool; 2],
+    /// Encrypted handshake records after ChangeCipherSpec (TLS <= 1.2 Finished).
+    pub finished: [bool; 2],
+    pub sealed: Vec<SealedRecord>,
+    pub alerts: Vec<SeenAlert>,
+    pub sslv2_hello: bool,
+    pub not_tls: [bool; 2],
+    pub desynchronised: [bool; 2],
+    /// Time of the last bytes from each end.
+    pub last_from: [Option<u64>; 2],
+    pub closes: [Option<(CloseKind, u64)>; 2],
+    /// Who closed first.
+    pub first_close: Option<Party>,
+    pub stage: Stage,
+}
+
+impl Facts {
+    pub fn tls13(&self) -> bool {
+        self.choice
+            .as_ref()
+            .is_some_and(|c| c.version == 0x0304 && !c.hello_retry)
+    }
+
+    fn reach(&mut self, stage: Stage) {
+        self.stage = self.stage.max(stage);
+    }
+}
+
+/// One TCP connection as the core sees it.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    layers: [RecordLayer; 2],
+    items: Vec<Item>,
+    facts: Facts,
+}
+
+impl Connection {
+    pub fn new(meta: ConnectionMeta) -> Self {
+        Connection {
+            layers: [RecordLayer::new(), RecordLayer::new()],
+            items: Vec::new(),
+            facts: Facts {
+                meta,
+                ..Facts::default()
+            },
+        }
+    }
+
+    /// The TCP connection was established at `ts_ns` (unix ns).
+    pub fn opened(&mut self, ts_ns: u64) {
+        self.facts.start_ns.get_or_insert(ts_ns);
+        self.facts.last_ns = self.facts.last_ns.max(ts_ns);
+    }
+
+    /// The next bytes sent by `from`, in arrival order.
+    pub fn data(&mut self, from: Party, ts_ns: u64, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.opened(ts_ns);
+        self.facts.first_byte_ns.get_or_insert(ts_ns);
+        self.facts.last_from[from.index()] = Some(ts_ns);
+        let mut items = std::mem::take(&mut self.items);
+        self.layers[from.index()].push(bytes, &mut items);
+        for item in items.drain(..) {
+            self.item(from, ts_ns, item);
+        }
+        self.items = items;
+    }
+
+    /// `by` closed (FIN) or reset (RST) the connection at `ts_ns`.
+    pub fn closed(&mut self, by: Party, how: CloseKind, ts_ns: u64) {
+        self.opened(ts_ns);
+        // The first close of an end is its decision; a RST after its FIN is only the
+        // kernel answering data that arrived for a closed socket.
+        self.facts.closes[by.index()].get_or_insert((how, ts_ns));
+        self.facts.first_close.get_or_insert(by);
+    }
+
+    /// The verdict with what is known; `Undecided` while the handshake may still go on.
+    pub fn outcome(&self) -> HandshakeOutcome {
+        diagnose::outcome(&self.facts, &self.layers, None)
+    }
+
+    /// The verdict when nothing more will come (capture ended or the flow expired) at
+    /// `now_ns`: waiting ends count as timeouts, open questions get the best answer.
+    pub fn finish(&self, now_ns: u64) -> HandshakeOutcome {
+        diagnose::outcome(&self.facts, &self.layers, Some(now_ns))
+    }
+
+    fn item(&mut self, from: Party, ts_ns: u64, item: Item) {
+        let f = &mut self.facts;
+        match item {
+            Item::Handshake { msg_type, body } => self.handshake(from, ts_ns, msg_type, &body),
+            Item::OversizedHandshake { msg_type } => {
+                if msg_type == 11 && from == Party::Server {
+                    f.reach(Stage::Certificate);
+                }
+            }
+            Item::ChangeCipherSpec => f.ccs[from.index()] = true,
+            Item::EncryptedHandshake { .. } => {
+                f.finished[from.index()] = true;
+                f.reach(match from {
+                    Party::Client => Stage::ClientFinished,
+                    Party::Server => Stage::ServerFinished,
+                });
+            }
+            Item::Alert { level, code } => {
+                if f.alerts.len() < MAX_ALERTS {
+                    f.alerts.push(SeenAlert {
+                        from,
+                        level,
+                        code,
+                        stage: f.stage,
+                        ts_ns,
+                    });
+                }
+            }
+            Item::EncryptedAlert { len } => {
+                if f.sealed.len() < MAX_TRACKED_RECORDS {
+                    f.sealed.push(SealedRecord {
+                        from,
+                        len,
+                        alert: true,
+                        ts_ns,
+                    });
+                }
+            }
+            Item::ApplicationData { len } => {
+                if f.sealed.len() < MAX_TRACKED_RECORDS {
+                    f.sealed.push(SealedRecord {
+                        from,
+                        len,
+                        alert: false,
+                        ts_ns,
+                    });
+                }
+                if f.tls13() {
+                    diagnose::tls13_stage(f);
+                } else if f.finished == [true, true] {
+                    f.reach(Stage::ApplicationData);
+                }
+            }
+            Item::Heartbeat => {}
+            Item::SslV2ClientHello => {
+                f.sslv2_hello = true;
+                f.offer_ns = ts_ns;
+                f.reach(Stage::ClientHello);
+            }
+            Item::NotTls => f.not_tls[from.index()] = true,
+            Item::Desynchronised => f.desynchronised[from.index()] = true,
+        }
+    }
+
+    fn handshake(&mut self, from: Party, ts_ns: u64, msg_type: u8, body: &[u8]) {
+        let f = &mut self.facts;
+        match (from, msg_type) {
+            (Party::Client, 1) => {
+                match hello::parse_client_hello(body) {
+                    // After a HelloRetryRequest the second offer replaces the first.
+                    Ok(offer) => f.offer = Some(offer),
+                    Err(_) => f.malformed_hello = Some(Party::Client),
+                }
+                if f.offer_ns == 0 {
+                    f.offer_ns = ts_ns;
+                }
+                f.reach(Stage::ClientHello);
+            }
+            (Party::Server, 2) => match hello::parse_server_hello(body) {
+                Ok(choice) => {
+                    f.hello_retry |= choice.hello_retry;
+                    f.choice = Some(choice);
+                    f.reach(Stage::ServerHello);
+                }
+                Err(_) => f.malformed_hello = Some(Party::Server),
+            },
+            (Party::Server, 11) => {
+                f.server_certs = Some(certs::parse_certificate_message(body));
+                f.reach(Stage::Certificate);
+            }
+            (Party::Client, 11) => f.client_certs = Some(certs::parse_certificate_message(body)),
+            (Party::Server, 12) => f.reach(Stage::ServerKeyExchange),
+            (Party::Server, 13) => f.cert_request = true,
+            (Party::Server, 14) => f.reach(Stage::ServerHelloDone),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

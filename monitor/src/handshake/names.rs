@@ -1,0 +1,166 @@
+//! Names from the IANA TLS registries, as operators read them in RFCs and in Wireshark.
+//! Numbers stay in every event too; a name is only a reading aid.
+
+/// RFC 8446 §4 handshake message names.
+pub fn handshake_name(t: u8) -> &'static str {
+    match t {
+        0 => "HelloRequest",
+        1 => "ClientHello",
+        2 => "ServerHello",
+        4 => "NewSessionTicket",
+        5 => "EndOfEarlyData",
+        8 => "EncryptedExtensions",
+        11 => "Certificate",
+        12 => "ServerKeyExchange",
+        13 => "CertificateRequest",
+        14 => "ServerHelloDone",
+        15 => "CertificateVerify",
+        16 => "ClientKeyExchange",
+        20 => "Finished",
+        21 => "CertificateUrl",
+        22 => "CertificateStatus",
+        24 => "KeyUpdate",
+        254 => "MessageHash",
+        _ => "Unknown",
+    }
+}
+
+/// TLS alert descriptions (IANA TLS Alerts registry).
+pub fn alert_name(code: u8) -> &'static str {
+    match code {
+        0 => "close_notify",
+        10 => "unexpected_message",
+        20 => "bad_record_mac",
+        21 => "decryption_failed",
+        22 => "record_overflow",
+        30 => "decompression_failure",
+        40 => "handshake_failure",
+        41 => "no_certificate",
+        42 => "bad_certificate",
+        43 => "unsupported_certificate",
+        44 => "certificate_revoked",
+        45 => "certificate_expired",
+        46 => "certificate_unknown",
+        47 => "illegal_parameter",
+        48 => "unknown_ca",
+        49 => "access_denied",
+        50 => "decode_error",
+        51 => "decrypt_error",
+        60 => "export_restriction",
+        70 => "protocol_version",
+        71 => "insufficient_security",
+        80 => "internal_error",
+        86 => "inappropriate_fallback",
+        90 => "user_canceled",
+        100 => "no_renegotiation",
+        109 => "missing_extension",
+        110 => "unsupported_extension",
+        111 => "certificate_unobtainable",
+        112 => "unrecognized_name",
+        113 => "bad_certificate_status_response",
+        114 => "bad_certificate_hash_value",
+        115 => "unknown_psk_identity",
+        116 => "certificate_required",
+        120 => "no_application_protocol",
+        121 => "ech_required",
+        _ => "unknown_alert",
+    }
+}
+
+/// Protocol versions by wire value (RFC 8446 §4.2.1, RFC 6101 for SSL 3.0).
+pub fn version_name(v: u16) -> String {
+    match v {
+        0x0002 => "SSLv2".into(),
+        0x0300 => "SSLv3".into(),
+        0x0301 => "TLSv1.0".into(),
+        0x0302 => "TLSv1.1".into(),
+        0x0303 => "TLSv1.2".into(),
+        0x0304 => "TLSv1.3".into(),
+        v if is_grease(v) => "GREASE".into(),
+        v => format!("0x{v:04x}"),
+    }
+}
+
+/// Cipher suites by IANA name, from tls-parser's registry copy.
+pub fn cipher_name(id: u16) -> String {
+    match tls_parser::TlsCipherSuite::from_id(id) {
+        Some(c) => c.name.to_string(),
+        None if id == 0x00ff => "TLS_EMPTY_RENEGOTIATION_INFO_SCSV".into(),
+        None if id == 0x5600 => "TLS_FALLBACK_SCSV".into(),
+        None if is_grease(id) => "GREASE".into(),
+        None => format!("0x{id:04x}"),
+    }
+}
+
+/// Named groups (RFC 8446 §4.2.7, RFC 7919, draft hybrid groups).
+pub fn group_name(id: u16) -> String {
+    match id {
+        23 => "secp256r1".into(),
+        24 => "secp384r1".into(),
+        25 => "secp521r1".into(),
+        29 => "x25519".into(),
+        30 => "x448".into(),
+        0x100 => "ffdhe2048".into(),
+        0x101 => "ffdhe3072".into(),
+        0x102 => "ffdhe4096".into(),
+        0x103 => "ffdhe6144".into(),
+        0x104 => "ffdhe8192".into(),
+        0x11ec => "X25519MLKEM768".into(),
+        0x11eb => "SecP256r1MLKEM768".into(),
+        id if is_grease(id) => "GREASE".into(),
+        id => format!("0x{id:04x}"),
+    }
+}
+
+/// Signature schemes (RFC 8446 §4.2.3; TLS 1.2 hash/sign pairs share the code points).
+pub fn sigalg_name(id: u16) -> String {
+    match id {
+        0x0201 => "rsa_pkcs1_sha1".into(),
+        0x0203 => "ecdsa_sha1".into(),
+        0x0401 => "rsa_pkcs1_sha256".into(),
+        0x0501 => "rsa_pkcs1_sha384".into(),
+        0x0601 => "rsa_pkcs1_sha512".into(),
+        0x0403 => "ecdsa_secp256r1_sha256".into(),
+        0x0503 => "ecdsa_secp384r1_sha384".into(),
+        0x0603 => "ecdsa_secp521r1_sha512".into(),
+        0x0804 => "rsa_pss_rsae_sha256".into(),
+        0x0805 => "rsa_pss_rsae_sha384".into(),
+        0x0806 => "rsa_pss_rsae_sha512".into(),
+        0x0807 => "ed25519".into(),
+        0x0808 => "ed448".into(),
+        0x0809 => "rsa_pss_pss_sha256".into(),
+        0x080a => "rsa_pss_pss_sha384".into(),
+        0x080b => "rsa_pss_pss_sha512".into(),
+        0x0101 => "rsa_pkcs1_md5".into(),
+        0x0202 => "dsa_sha1".into(),
+        0x0402 => "dsa_sha256".into(),
+        id if is_grease(id) => "GREASE".into(),
+        id => format!("0x{id:04x}"),
+    }
+}
+
+/// RFC 8701 GREASE values: 0x?a?a with both bytes equal.
+pub fn is_grease(v: u16) -> bool {
+    v & 0x0f0f == 0x0a0a && v >> 8 == v & 0xff
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grease_values_are_recognised_and_real_ids_are_not() {
+        assert!(is_grease(0x0a0a) && is_grease(0xfafa));
+        assert!(!is_grease(0x0a1a) && !is_grease(0x1301));
+    }
+
+    #[test]
+    fn registry_names_match_the_rfcs() {
+        assert_eq!(cipher_name(0x1301), "TLS_AES_128_GCM_SHA256");
+        assert_eq!(cipher_name(0xc02f), "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256");
+        assert_eq!(version_name(0x0303), "TLSv1.2");
+        assert_eq!(alert_name(116), "certificate_required");
+        assert_eq!(sigalg_name(0x0804), "rsa_pss_rsae_sha256");
+        assert_eq!(group_name(29), "x25519");
+    }
+}

@@ -1,0 +1,86 @@
+//! `tlsmon analyze` as an operator runs it: the binary, its output and its exit codes.
+
+use std::process::Command;
+
+fn tlsmon() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tlsmon"))
+}
+
+fn fixture(name: &str) -> String {
+    format!(
+        "{}/tests/fixtures/handshakes/{name}.pcap",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[test]
+fn table_names_cause_sender_and_stage() {
+    let out = tlsmon()
+        .args(["analyze", &fixture("cert_expired_tls12")])
+        .output()
+        .expect("run tlsmon");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text.lines().nth(1).expect("one row after the header");
+    for want in [
+        "localhost",
+        "TLSv1.2",
+        "failed",
+        "server_hello_done",
+        "45 certificate_expired (client)",
+        "cert_expired",
+        "notAfter 2021-01-01",
+    ] {
+        assert!(row.contains(want), "{want:?} missing in {row:?}");
+    }
+}
+
+#[test]
+fn json_lines_carry_the_event_fields() {
+    let out = tlsmon()
+        .args(["analyze", "--json", &fixture("no_shared_cipher_tls12")])
+        .output()
+        .expect("run tlsmon");
+    assert!(out.status.success());
+    let line = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON line");
+    assert_eq!(v["outcome"], "failed");
+    assert_eq!(v["cause"], "no_shared_cipher");
+    assert_eq!(v["alert"]["sender"], "server");
+    assert_eq!(v["alert"]["name"], "handshake_failure");
+    assert_eq!(
+        v["offered"]["ciphers"]["names"][0],
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
+    );
+    assert!(
+        v["client"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("127.0.0.1:"))
+    );
+}
+
+#[test]
+fn unreadable_files_exit_non_zero_with_a_message() {
+    let dir = std::env::temp_dir().join(format!("tlsmon-analyze-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let text = dir.join("notes.txt");
+    std::fs::write(&text, "GET / HTTP/1.1\r\n").expect("write");
+    let truncated = dir.join("cut.pcap");
+    let pcap = std::fs::read(fixture("completed_tls12_curl")).expect("fixture");
+    std::fs::write(&truncated, &pcap[..pcap.len() - 7]).expect("write");
+    for (file, want) in [
+        (dir.join("missing.pcap"), "cannot open"),
+        (text, "not a pcap or pcapng file"),
+        (truncated, "unreadable after"),
+    ] {
+        let out = tlsmon()
+            .arg("analyze")
+            .arg(&file)
+            .output()
+            .expect("run tlsmon");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {err}", file.display());
+        assert!(err.contains(want), "{}: {err}", file.display());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

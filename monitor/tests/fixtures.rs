@@ -1,0 +1,247 @@
+//! Real handshakes recorded from real programs (`cargo xtask fixtures`): each pcap must
+//! give the outcome written by hand in its JSON file, through `tlsmon analyze`'s path and
+//! when its bytes are fed at every split point, in one-byte chunks and cut at every prefix.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use tlsmon::analyze::analyze_file;
+use tlsmon::analyze::conversations::{Event, Report, replay, verdict};
+use tlsmon::handshake::{DEFAULT_TLS_PORTS, HandshakeOutcome};
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/handshakes")
+}
+
+struct Fixture {
+    name: String,
+    spec: Value,
+    report: Report,
+}
+
+fn fixtures() -> Vec<Fixture> {
+    let mut out = Vec::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(fixture_dir())
+        .expect("fixture directory")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    entries.sort();
+    for json in entries {
+        let spec: Value =
+            serde_json::from_slice(&std::fs::read(&json).expect("read json")).expect("parse json");
+        let name = spec["name"].as_str().expect("name").to_string();
+        let port = spec["port"].as_u64().expect("port") as u16;
+        let mut ports = DEFAULT_TLS_PORTS.to_vec();
+        if spec["tls_port"].as_bool() == Some(true) {
+            ports.push(port);
+        }
+        let mut reports = Vec::new();
+        analyze_file(&json.with_extension("pcap"), &ports, true, false, |r| {
+            reports.push(r)
+        })
+        .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let mut ours: Vec<Report> = reports
+            .into_iter()
+            .filter(|r| r.server.port() == port)
+            .collect();
+        assert_eq!(
+            ours.len(),
+            1,
+            "{name}: expected one connection to port {port}"
+        );
+        out.push(Fixture {
+            name,
+            spec,
+            report: ours.remove(0),
+        });
+    }
+    assert!(out.len() >= 30, "only {} fixtures found", out.len());
+    out
+}
+
+/// The facts a fixture's JSON pins down, as read from an outcome.
+fn observed(o: &HandshakeOutcome) -> Value {
+    match o {
+        HandshakeOutcome::Failed(d) => serde_json::json!({
+            "outcome": "failed",
+            "cause": d.cause.slug(),
+            "alert_sender": d.alert.as_ref().map(|a| a.sender.as_str()),
+            "alert_code": d.alert.as_ref().and_then(|a| a.code),
+            "stage": d.stage.as_str(),
+            "inferred": d.inferred,
+        }),
+        other => serde_json::json!({ "outcome": other.kind() }),
+    }
+}
+
+fn matches(expect: &Value, got: &Value) -> bool {
+    [
+        "outcome",
+        "cause",
+        "alert_sender",
+        "alert_code",
+        "stage",
+        "inferred",
+    ]
+    .iter()
+    .all(|k| {
+        expect[k].is_null()
+            || got[k] == expect[k]
+            || (*k == "inferred" && expect[k] == false && got[k].is_null())
+    })
+}
+
+#[test]
+fn every_fixture_gets_its_expected_cause_sender_and_stage() {
+    let mut wrong = Vec::new();
+    for f in fixtures() {
+        let got = observed(&f.report.outcome);
+        if !matches(&f.spec["expect"], &got) {
+            wrong.push(format!(
+                "{}: expected {} got {}",
+                f.name, f.spec["expect"], got
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn failures_carry_a_sentence_and_the_client_offer() {
+    for f in fixtures() {
+        if let HandshakeOutcome::Failed(d) = &f.report.outcome {
+            assert!(
+                d.message.len() > 30,
+                "{}: thin message {:?}",
+                f.name,
+                d.message
+            );
+            let plaintext = matches!(
+                d.cause.slug().as_str(),
+                "plaintext_to_tls_port" | "handshake_timeout"
+            );
+            if !plaintext && f.name != "decode_error" {
+                let offer = d
+                    .offered
+                    .as_ref()
+                    .unwrap_or_else(|| panic!("{}: no offer", f.name));
+                assert!(
+                    !offer.ciphers.is_empty()
+                        && offer.ja3.len() == 32
+                        && offer.ja4.starts_with('t'),
+                    "{}",
+                    f.name
+                );
+            }
+        }
+    }
+}
+
+/// The recorded events with the data byte at global offset `at` starting a new chunk.
+fn split_at(events: &[Event], at: usize) -> Vec<Event> {
+    let mut out = Vec::with_capacity(events.len() + 1);
+    let mut seen = 0;
+    for e in events {
+        match e {
+            Event::Data { from, ts_ns, bytes } if seen < at && at < seen + bytes.len() => {
+                let cut = at - seen;
+                out.push(Event::Data {
+                    from: *from,
+                    ts_ns: *ts_ns,
+                    bytes: bytes[..cut].to_vec(),
+                });
+                out.push(Event::Data {
+                    from: *from,
+                    ts_ns: *ts_ns,
+                    bytes: bytes[cut..].to_vec(),
+                });
+                seen += bytes.len();
+            }
+            Event::Data { bytes, .. } => {
+                seen += bytes.len();
+                out.push(e.clone());
+            }
+            _ => out.push(e.clone()),
+        }
+    }
+    out
+}
+
+fn data_len(events: &[Event]) -> usize {
+    events
+        .iter()
+        .map(|e| {
+            if let Event::Data { bytes, .. } = e {
+                bytes.len()
+            } else {
+                0
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn every_split_point_and_one_byte_chunks_give_the_same_outcome() {
+    for f in fixtures() {
+        let r = &f.report;
+        let events = r.events.as_deref().expect("recorded");
+        let whole = verdict(&replay(r.meta, r.first_ns, events), r.end_ns);
+        assert_eq!(whole, r.outcome, "{}: replay differs from analyze", f.name);
+        for at in 1..data_len(events) {
+            let split = split_at(events, at);
+            let got = verdict(&replay(r.meta, r.first_ns, &split), r.end_ns);
+            assert_eq!(got, whole, "{}: split at byte {at}", f.name);
+        }
+        let bytes: Vec<Event> = events
+            .iter()
+            .flat_map(|e| match e {
+                Event::Data { from, ts_ns, bytes } => bytes
+                    .iter()
+                    .map(|b| Event::Data {
+                        from: *from,
+                        ts_ns: *ts_ns,
+                        bytes: vec![*b],
+                    })
+                    .collect::<Vec<_>>(),
+                other => vec![other.clone()],
+            })
+            .collect();
+        assert_eq!(
+            verdict(&replay(r.meta, r.first_ns, &bytes), r.end_ns),
+            whole,
+            "{}: one-byte chunks",
+            f.name
+        );
+    }
+}
+
+#[test]
+fn every_truncation_is_judged_without_panic() {
+    for f in fixtures() {
+        let r = &f.report;
+        let events = r.events.as_deref().expect("recorded");
+        let total = data_len(events);
+        for keep in 0..total {
+            let mut seen = 0;
+            let mut cut = Vec::new();
+            for e in events {
+                if let Event::Data { from, ts_ns, bytes } = e {
+                    if seen >= keep {
+                        break;
+                    }
+                    let n = bytes.len().min(keep - seen);
+                    cut.push(Event::Data {
+                        from: *from,
+                        ts_ns: *ts_ns,
+                        bytes: bytes[..n].to_vec(),
+                    });
+                    seen += n;
+                }
+            }
+            let conn = replay(r.meta, r.first_ns, &cut);
+            let _ = conn.outcome();
+            let _ = conn.finish(r.end_ns);
+        }
+    }
+}

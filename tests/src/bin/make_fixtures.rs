@@ -1,0 +1,493 @@
+//! Regenerates the handshake fixtures (`cargo xtask fixtures`, root for tcpdump): for each
+//! scenario, a real server and a real client (openssl s_server/s_client, curl, python ssl)
+//! talk on loopback with a freshly generated PKI while tcpdump records the exchange. Writes
+//! `<name>.pcap` and `<name>.json` (what ran and the outcome the core must find) into the
+//! output directory. The expectations are written here, by hand, per scenario: the core's
+//! own answer is never copied into them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use serde_json::json;
+use tlsmon_e2e::{TempDir, free_port, spawn, stop_tcpdump, tcpdump, wait_exit, wait_listening};
+
+/// What the core must say about the scenario's connection.
+struct Expect {
+    outcome: &'static str,
+    cause: Option<&'static str>,
+    sender: Option<&'static str>,
+    code: Option<u8>,
+    stage: Option<&'static str>,
+    inferred: bool,
+}
+
+const fn failed(
+    cause: &'static str,
+    sender: Option<&'static str>,
+    code: Option<u8>,
+    stage: &'static str,
+) -> Expect {
+    Expect {
+        outcome: "failed",
+        cause: Some(cause),
+        sender,
+        code,
+        stage: Some(stage),
+        inferred: false,
+    }
+}
+
+const fn inferred(
+    cause: &'static str,
+    sender: Option<&'static str>,
+    stage: &'static str,
+) -> Expect {
+    Expect {
+        outcome: "failed",
+        cause: Some(cause),
+        sender,
+        code: None,
+        stage: Some(stage),
+        inferred: true,
+    }
+}
+
+const fn outcome(o: &'static str) -> Expect {
+    Expect {
+        outcome: o,
+        cause: None,
+        sender: None,
+        code: None,
+        stage: None,
+        inferred: false,
+    }
+}
+
+struct Scenario {
+    name: &'static str,
+    what: &'static str,
+    /// Command line; `{pki}`, `{port}`, `{fixtures}` and `{future}` are substituted.
+    server: &'static str,
+    client: &'static str,
+    /// The server port counts as a TLS port (as 443 would).
+    tls_port: bool,
+    expect: Expect,
+}
+
+const S: Option<&str> = Some("server");
+const C: Option<&str> = Some("client");
+
+/// openssl s_server with the good chain unless the scenario names another.
+macro_rules! srv {
+    ($leaf:literal, $extra:literal) => {
+        concat!(
+            "openssl s_server -quiet -accept 127.0.0.1:{port} -cert {pki}/",
+            $leaf,
+            ".pem -key {pki}/",
+            $leaf,
+            ".key -cert_chain {pki}/int.pem ",
+            $extra
+        )
+    };
+}
+macro_rules! cli {
+    ($extra:literal) => {
+        concat!("openssl s_client -connect 127.0.0.1:{port} -servername localhost -CAfile {pki}/root.pem -verify_return_error ", $extra)
+    };
+}
+const CURL: &str =
+    "curl -sS --max-time 5 --resolve localhost:{port}:127.0.0.1 --cacert {pki}/root.pem";
+
+fn scenarios() -> Vec<Scenario> {
+    let sc = |name, what, server, client, expect| Scenario {
+        name,
+        what,
+        server,
+        client,
+        tls_port: false,
+        expect,
+    };
+    vec![
+        sc(
+            "completed_tls13_curl",
+            "curl fetches a page over TLS 1.3 from s_server -www",
+            srv!("good", "-www"),
+            "{curl} https://localhost:{port}/",
+            outcome("completed"),
+        ),
+        sc(
+            "completed_tls12_curl",
+            "curl fetches a page over TLS 1.2 (chain visible)",
+            srv!("good", "-www -tls1_2"),
+            "{curl} --tlsv1.2 --tls-max 1.2 https://localhost:{port}/",
+            outcome("completed"),
+        ),
+        sc(
+            "protocol_version_tls13_server_tls12_client",
+            "TLS 1.3-only server, TLS 1.2-only client",
+            srv!("good", "-tls1_3"),
+            cli!("-tls1_2"),
+            failed("protocol_version_mismatch", S, Some(70), "client_hello"),
+        ),
+        sc(
+            "protocol_version_tls10_client",
+            "TLS 1.0-only client against a default OpenSSL server",
+            srv!("good", ""),
+            cli!("-tls1 -cipher DEFAULT:@SECLEVEL=0"),
+            failed("protocol_version_mismatch", S, Some(80), "client_hello"),
+        ),
+        sc(
+            "no_shared_cipher_tls12",
+            "server offers only AES256-SHA256, client only ECDHE-RSA-AES128-GCM-SHA256",
+            srv!("good", "-tls1_2 -cipher AES256-SHA256"),
+            cli!("-tls1_2 -cipher ECDHE-RSA-AES128-GCM-SHA256"),
+            failed("no_shared_cipher", S, Some(40), "client_hello"),
+        ),
+        sc(
+            "no_shared_group_tls13",
+            "server groups X25519 only, client P-521 only",
+            srv!("good", "-groups X25519"),
+            cli!("-groups P-521"),
+            failed("no_shared_group", S, Some(40), "client_hello"),
+        ),
+        sc(
+            "no_shared_sigalg_tls12",
+            "RSA certificate, client accepts only ECDSA signatures",
+            srv!("good", "-tls1_2"),
+            cli!("-tls1_2 -sigalgs ECDSA+SHA256:ECDSA+SHA384"),
+            failed("no_shared_sigalg", S, Some(40), "client_hello"),
+        ),
+        sc(
+            "cert_expired_tls12",
+            "expired leaf, TLS 1.2: the client's alert and the chain agree",
+            srv!("expired", "-tls1_2"),
+            cli!("-tls1_2"),
+            failed("cert_expired", C, Some(45), "server_hello_done"),
+        ),
+        sc(
+            "cert_expired_tls13",
+            "expired leaf, TLS 1.3: OpenSSL's client alert is readable, the chain is not",
+            srv!("expired", ""),
+            cli!(""),
+            failed("cert_expired", C, Some(45), "encrypted_extensions"),
+        ),
+        sc(
+            "cert_not_yet_valid_tls12",
+            "leaf valid from 2045",
+            srv!("notyet", "-tls1_2"),
+            cli!("-tls1_2"),
+            failed("cert_not_yet_valid", C, Some(42), "server_hello_done"),
+        ),
+        sc(
+            "clock_skew_tls12",
+            "valid chain, the client's clock is 20 years ahead (-attime)",
+            srv!("good", "-tls1_2"),
+            cli!("-tls1_2 -attime {future}"),
+            failed("clock_skew", C, Some(45), "server_hello_done"),
+        ),
+        sc(
+            "hostname_mismatch_tls12_openssl",
+            "certificate for www.example.com, client checks localhost",
+            srv!("wronghost", "-tls1_2"),
+            cli!("-tls1_2 -verify_hostname localhost"),
+            failed("hostname_mismatch", C, Some(42), "server_hello_done"),
+        ),
+        sc(
+            "server_cert_rejected_tls13_openssl",
+            "certificate for www.example.com over TLS 1.3: the chain is hidden",
+            srv!("wronghost", ""),
+            cli!("-verify_hostname localhost"),
+            failed("server_cert_rejected", C, Some(42), "encrypted_extensions"),
+        ),
+        sc(
+            "closed_after_handshake_tls13_curl",
+            "curl checks the name after a TLS 1.3 handshake and closes",
+            srv!("wronghost", "-www"),
+            "{curl} https://localhost:{port}/",
+            inferred("closed_after_handshake", C, "application_data"),
+        ),
+        sc(
+            "hostname_mismatch_tls12_curl",
+            "curl checks the name after a TLS 1.2 handshake; the chain shows the mismatch",
+            srv!("wronghost", "-www -tls1_2"),
+            "{curl} --tlsv1.2 --tls-max 1.2 https://localhost:{port}/",
+            inferred("hostname_mismatch", C, "server_finished"),
+        ),
+        sc(
+            "self_signed_tls12",
+            "self-signed server certificate",
+            "openssl s_server -quiet -accept 127.0.0.1:{port} -cert {pki}/selfsigned.pem -key {pki}/selfsigned.key -tls1_2",
+            cli!("-tls1_2"),
+            failed("self_signed", C, Some(48), "server_hello_done"),
+        ),
+        sc(
+            "untrusted_issuer_tls12",
+            "chain from a CA the client does not trust",
+            "openssl s_server -quiet -accept 127.0.0.1:{port} -cert {pki}/untrusted.pem -key {pki}/untrusted.key -cert_chain {pki}/otherint.pem -tls1_2",
+            cli!("-tls1_2"),
+            failed("untrusted_issuer", C, Some(48), "server_hello_done"),
+        ),
+        sc(
+            "incomplete_chain_tls12",
+            "server sends its leaf without the intermediate",
+            "openssl s_server -quiet -accept 127.0.0.1:{port} -cert {pki}/good.pem -key {pki}/good.key -tls1_2",
+            cli!("-tls1_2"),
+            failed("incomplete_chain", C, Some(48), "server_hello_done"),
+        ),
+        sc(
+            "weak_signature_md5_tls12",
+            "leaf signed with MD5 (seed 000)",
+            srv!("md5", "-tls1_2 -cipher DEFAULT:@SECLEVEL=0"),
+            cli!("-tls1_2"),
+            failed("weak_signature_in_chain", C, Some(42), "server_hello_done"),
+        ),
+        sc(
+            "weak_signature_sha1_tls12",
+            "leaf signed with SHA-1",
+            srv!("sha1", "-tls1_2 -cipher DEFAULT:@SECLEVEL=0"),
+            cli!("-tls1_2"),
+            failed("weak_signature_in_chain", C, Some(42), "server_hello_done"),
+        ),
+        sc(
+            "weak_key_tls12",
+            "RSA-1024 leaf key under the client's security level 2",
+            srv!("weakkey", "-tls1_2 -cipher DEFAULT:@SECLEVEL=0"),
+            cli!("-tls1_2"),
+            failed("weak_key", C, Some(42), "server_hello_done"),
+        ),
+        sc(
+            "cert_revoked_tls12",
+            "leaf listed in the intermediate's CRL",
+            srv!("revoked", "-tls1_2"),
+            cli!("-tls1_2 -CRL {pki}/int.crl -crl_check"),
+            failed("cert_revoked", C, Some(44), "server_hello_done"),
+        ),
+        sc(
+            "sni_unrecognized",
+            "python ssl server serves only localhost; client asks for other.example",
+            "python3 {fixtures}/tls_peer.py server {port} tls --cert {pki}/good.chain.pem --key {pki}/good.key --require-sni localhost",
+            "openssl s_client -connect 127.0.0.1:{port} -servername other.example",
+            failed("sni_unrecognized", S, Some(112), "client_hello"),
+        ),
+        sc(
+            "sni_missing",
+            "python ssl server requires SNI; client sends none",
+            "python3 {fixtures}/tls_peer.py server {port} tls --cert {pki}/good.chain.pem --key {pki}/good.key --require-sni localhost",
+            "openssl s_client -connect 127.0.0.1:{port} -noservername",
+            failed("sni_missing", S, Some(112), "client_hello"),
+        ),
+        sc(
+            "alpn_mismatch",
+            "server speaks h2 only, client offers foo",
+            srv!("good", "-alpn h2"),
+            cli!("-alpn foo"),
+            failed("alpn_mismatch", S, Some(120), "client_hello"),
+        ),
+        sc(
+            "client_cert_required_tls12",
+            "server requires a client certificate, client has none (TLS 1.2)",
+            srv!("good", "-tls1_2 -Verify 1 -CAfile {pki}/root.pem"),
+            cli!("-tls1_2"),
+            failed("client_cert_required", S, Some(40), "client_finished"),
+        ),
+        sc(
+            "client_cert_required_tls13",
+            "server requires a client certificate, client has none (TLS 1.3: encrypted alert)",
+            srv!("good", "-Verify 1 -CAfile {pki}/root.pem"),
+            cli!(""),
+            inferred("client_cert_required", S, "client_finished"),
+        ),
+        sc(
+            "client_cert_untrusted_tls12",
+            "client certificate from a CA the server does not trust",
+            srv!(
+                "good",
+                "-tls1_2 -Verify 1 -verify_return_error -CAfile {pki}/root.pem"
+            ),
+            cli!(
+                "-tls1_2 -cert {pki}/otherclient.pem -key {pki}/otherclient.key -cert_chain {pki}/otherint.pem"
+            ),
+            failed("client_cert_untrusted", S, Some(48), "client_finished"),
+        ),
+        sc(
+            "client_cert_untrusted_tls13",
+            "client certificate from an untrusted CA over TLS 1.3 (encrypted alert)",
+            srv!(
+                "good",
+                "-Verify 1 -verify_return_error -CAfile {pki}/root.pem"
+            ),
+            cli!(
+                "-cert {pki}/otherclient.pem -key {pki}/otherclient.key -cert_chain {pki}/otherint.pem"
+            ),
+            inferred("tls13_encrypted_alert", S, "client_finished"),
+        ),
+        Scenario {
+            tls_port: true,
+            ..sc(
+                "plaintext_to_tls_port",
+                "curl speaks plain HTTP to a TLS port (Schannel 36888 in seed 002)",
+                srv!("good", "-www"),
+                "curl -sS --max-time 5 http://127.0.0.1:{port}/",
+                failed("plaintext_to_tls_port", None, None, "tcp_connected"),
+            )
+        },
+        sc(
+            "tls_to_plaintext_port",
+            "s_client to python's plain HTTP server: HTTP 400 to a ClientHello",
+            "python3 -m http.server {port} --bind 127.0.0.1",
+            cli!(""),
+            failed("tls_to_plaintext_port", None, None, "client_hello"),
+        ),
+        sc(
+            "peer_closed_mid_handshake",
+            "server reads the ClientHello and closes",
+            "python3 {fixtures}/tls_peer.py server {port} close",
+            cli!(""),
+            failed("peer_closed_mid_handshake", None, None, "client_hello"),
+        ),
+        sc(
+            "peer_reset_mid_handshake",
+            "server reads the ClientHello and resets",
+            "python3 {fixtures}/tls_peer.py server {port} reset",
+            cli!(""),
+            failed("peer_reset_mid_handshake", None, None, "client_hello"),
+        ),
+        sc(
+            "handshake_timeout",
+            "server accepts and never answers; curl gives up after 2 s",
+            "python3 {fixtures}/tls_peer.py server {port} hold",
+            "curl -sS --max-time 2 --resolve localhost:{port}:127.0.0.1 https://localhost:{port}/",
+            failed("handshake_timeout", None, None, "client_hello"),
+        ),
+        sc(
+            "downgrade_rejected",
+            "client retries with TLS 1.2 and TLS_FALLBACK_SCSV; server supports 1.3",
+            srv!("good", ""),
+            cli!("-tls1_2 -fallback_scsv"),
+            failed("downgrade_rejected", S, Some(86), "client_hello"),
+        ),
+        sc(
+            "decode_error",
+            "a ClientHello with lying extension lengths",
+            srv!("good", ""),
+            "python3 {fixtures}/tls_peer.py client {port} garbage-hello",
+            failed("decode_error", S, Some(50), "client_hello"),
+        ),
+        sc(
+            "not_tls_http",
+            "plain HTTP on an ordinary port",
+            "python3 -m http.server {port} --bind 127.0.0.1",
+            "curl -sS --max-time 5 http://127.0.0.1:{port}/",
+            outcome("not_tls"),
+        ),
+    ]
+}
+
+fn expand(template: &str, pki: &Path, port: u16, fixtures: &Path) -> Vec<String> {
+    let future = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() + 20 * 365 * 86_400)
+        .unwrap_or(0);
+    template
+        .replace("{curl}", CURL)
+        .replace("{pki}", &pki.display().to_string())
+        .replace("{port}", &port.to_string())
+        .replace("{fixtures}", &fixtures.display().to_string())
+        .replace("{future}", &future.to_string())
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+fn command(argv: &[String]) -> Command {
+    let mut c = Command::new(&argv[0]);
+    c.args(&argv[1..]);
+    c
+}
+
+/// Runs the client with its stdin open for a while (s_client closes the connection as soon
+/// as its stdin ends, which would race the server's verdict), bounded in time.
+fn run_client(argv: &[String]) -> bool {
+    let Ok(mut child) = command(argv)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        return false;
+    };
+    let stdin = child.stdin.take();
+    let early = wait_exit(&mut child, Duration::from_millis(1500));
+    drop(stdin);
+    let status = early.or_else(|| wait_exit(&mut child, Duration::from_secs(15)));
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    status.is_some_and(|s| s.success())
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let out = PathBuf::from(
+        args.next()
+            .unwrap_or_else(|| "monitor/tests/fixtures/handshakes".into()),
+    );
+    let only: Vec<String> = args.collect();
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    std::fs::create_dir_all(&out)?;
+    let pki = TempDir::new("fixture-pki");
+    let ok = Command::new("bash")
+        .arg(fixtures.join("make_pki.sh"))
+        .arg(pki.path())
+        .status()?
+        .success();
+    anyhow::ensure!(ok, "make_pki.sh failed");
+    for sc in scenarios()
+        .iter()
+        .filter(|s| only.is_empty() || only.iter().any(|o| s.name.contains(o.as_str())))
+    {
+        let port = free_port();
+        let server = expand(sc.server, pki.path(), port, &fixtures);
+        let client = expand(sc.client, pki.path(), port, &fixtures);
+        let pcap = out.join(format!("{}.pcap", sc.name));
+        let srv = spawn(&mut command(&server));
+        // The readiness probe is a connection too: it must end before tcpdump starts.
+        wait_listening(
+            format!("127.0.0.1:{port}").parse()?,
+            Duration::from_secs(10),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let dump = tcpdump(&pcap, port);
+        let client_ok = run_client(&client);
+        std::thread::sleep(Duration::from_millis(500));
+        drop(srv);
+        std::thread::sleep(Duration::from_millis(200));
+        stop_tcpdump(dump);
+        let e = &sc.expect;
+        let doc = json!({
+            "name": sc.name,
+            "what": sc.what,
+            "server": server.join(" ").replace(&pki.path().display().to_string(), "$PKI"),
+            "client": client.join(" ").replace(&pki.path().display().to_string(), "$PKI"),
+            "client_exit_ok": client_ok,
+            "port": port,
+            "tls_port": sc.tls_port,
+            "expect": {
+                "outcome": e.outcome, "cause": e.cause, "alert_sender": e.sender,
+                "alert_code": e.code, "stage": e.stage, "inferred": e.inferred,
+            },
+        });
+        std::fs::write(
+            out.join(format!("{}.json", sc.name)),
+            serde_json::to_string_pretty(&doc)? + "\n",
+        )?;
+        let size = std::fs::metadata(&pcap).map(|m| m.len()).unwrap_or(0);
+        eprintln!(
+            "make-fixtures: {:<45} {size:>6} bytes  client ok: {client_ok}",
+            sc.name
+        );
+    }
+    Ok(())
+}
