@@ -3,6 +3,7 @@
 # RUSTUP_AUTO_INSTALL=0). A second run only checks and takes seconds.
 #   scripts/setup.sh run    toolchains + bpf-linker (to build and run the daemon)
 #   scripts/setup.sh test   the same + the programs the tests drive (openssl, curl, nginx, ...)
+#   scripts/setup.sh fuzz   the same as run + cargo-fuzz
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,5 +47,9 @@ if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER"; then
   ln -sf "$sysroot/lib/$LLVM_SONAME" "$prefix/lib/$LLVM_SONAME"
   say "building bpf-linker $BPF_LINKER (about 80 s)"
   LLVM_PREFIX="$prefix" cargo +"$NIGHTLY" install bpf-linker --version "$BPF_LINKER" --locked --quiet
+fi
+if [ "$PURPOSE" = fuzz ] && ! cargo fuzz --version >/dev/null 2>&1; then
+  say "building cargo-fuzz (about 60 s)"
+  cargo +"$STABLE" install cargo-fuzz --locked --quiet
 fi
 say "ready ($PURPOSE)"

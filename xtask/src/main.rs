@@ -9,6 +9,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+
+mod bench_analyze;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -38,11 +40,32 @@ enum Cmd {
         #[arg(long)]
         filter: Option<String>,
     },
+    /// Benchmarks; reports ratios measured side by side in one run.
+    Bench {
+        #[command(subcommand)]
+        what: Bench,
+    },
+    /// Run every fuzz target of fuzz/ for a bounded time each (cargo fuzz, nightly).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        secs: u32,
+    },
     /// Regenerate the handshake fixtures (root: tcpdump): real client/server pairs on
     /// loopback with a fresh PKI, recorded into monitor/tests/fixtures/handshakes.
     Fixtures {
         /// Only scenarios whose name contains one of these.
         only: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// `tlsmon analyze` against tshark on a 100k-handshake capture built from the fixtures.
+    Analyze {
+        /// Interleaved rounds (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
 }
 
@@ -159,6 +182,31 @@ fn test(unit_only: bool, filter: Option<String>) -> Result<()> {
     Ok(())
 }
 
+/// The nightly that builds the eBPF crate also runs the fuzzers (sanitizers need nightly).
+const NIGHTLY: &str = "nightly-2026-10-30";
+const FUZZ_TARGETS: [&str; 3] = ["record_layer", "certificate", "connection_splits"];
+
+fn fuzz(secs: u32) -> Result<()> {
+    for target in FUZZ_TARGETS {
+        let corpus = root().join("target/fuzz-corpus").join(target);
+        std::fs::create_dir_all(&corpus)?;
+        // The rustup proxy (not $CARGO, which is the stable binary) so the nightly is used.
+        run(Command::new("cargo")
+            .args(["fuzz", "run", "--fuzz-dir", "fuzz", target])
+            .arg(&corpus)
+            .arg("--")
+            .arg(format!("-max_total_time={secs}"))
+            // Bounded memory and input: a handshake fits in 64 KiB.
+            .args(["-rss_limit_mb=1024", "-max_len=65536"])
+            .env("RUSTUP_TOOLCHAIN", NIGHTLY))?;
+    }
+    println!(
+        "xtask: fuzzed {} targets for {secs} s each, no crash",
+        FUZZ_TARGETS.len()
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Build => build().map(drop),
@@ -167,6 +215,19 @@ fn main() -> Result<()> {
             run(Command::new(bin).arg("run").args(args))
         }
         Cmd::Test { unit_only, filter } => test(unit_only, filter),
+        Cmd::Fuzz { secs } => fuzz(secs),
+        Cmd::Bench {
+            what: Bench::Analyze { rounds },
+        } => {
+            run(cargo().args(["build", "--release", "-p", "monitor"]))?;
+            let report = bench_analyze::run(
+                &root(),
+                &root().join("target/release/tlsmon"),
+                rounds.max(1),
+            )?;
+            println!("xtask: {report}");
+            Ok(())
+        }
         Cmd::Fixtures { only } => {
             if !is_root() {
                 bail!("recording fixtures runs tcpdump on loopback and needs root");

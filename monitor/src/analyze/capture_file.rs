@@ -22,10 +22,11 @@ pub enum CaptureFileError {
 
 /// One captured frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Frame {
+pub struct Frame<'a> {
     pub ts_ns: u64,
     pub link: DataLink,
-    pub data: Vec<u8>,
+    /// Borrowed from the reader's buffer until the next frame is read.
+    pub data: std::borrow::Cow<'a, [u8]>,
 }
 
 enum Inner<R: Read> {
@@ -73,14 +74,14 @@ impl<R: Read> CaptureFile<R> {
 
 impl<R: Read> CaptureFile<R> {
     /// The next frame, `None` at the end of the file.
-    pub fn next_frame(&mut self) -> Option<Result<Frame, CaptureFileError>> {
+    pub fn next_frame(&mut self) -> Option<Result<Frame<'_>, CaptureFileError>> {
         match &mut self.inner {
             Inner::Pcap(reader) => {
                 let link = reader.header().datalink;
                 Some(reader.next_packet()?.map_err(Into::into).map(|p| Frame {
                     ts_ns: u64::try_from(p.timestamp.as_nanos()).unwrap_or(u64::MAX),
                     link,
-                    data: p.data.into_owned(),
+                    data: p.data,
                 }))
             }
             Inner::PcapNg { reader, interfaces } => loop {
@@ -110,7 +111,8 @@ impl<R: Read> CaptureFile<R> {
                         return Some(Ok(Frame {
                             ts_ns: ticks.saturating_mul(tick),
                             link,
-                            data: p.data.into_owned(),
+                            // Owned: a borrow across loop turns is beyond today's borrow checker.
+                            data: p.data.into_owned().into(),
                         }));
                     }
                     Block::SimplePacket(p) => {
@@ -120,7 +122,7 @@ impl<R: Read> CaptureFile<R> {
                         return Some(Ok(Frame {
                             ts_ns: 0,
                             link,
-                            data: p.data.into_owned(),
+                            data: p.data.into_owned().into(),
                         }));
                     }
                     _ => {}

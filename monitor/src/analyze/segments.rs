@@ -21,8 +21,8 @@ pub struct Segment<'a> {
 }
 
 /// Decodes a frame; `None` when it is not a whole TCP segment over IPv4/IPv6.
-pub fn tcp_segment(frame: &Frame) -> Option<Segment<'_>> {
-    let data = frame.data.as_slice();
+pub fn tcp_segment<'a>(frame: &'a Frame<'_>) -> Option<Segment<'a>> {
+    let data: &[u8] = &frame.data;
     let packet = match frame.link {
         DataLink::ETHERNET => SlicedPacket::from_ethernet(data).ok()?,
         DataLink::RAW | DataLink::IPV4 | DataLink::IPV6 => SlicedPacket::from_ip(data).ok()?,
@@ -92,7 +92,7 @@ mod tests {
         let frame = Frame {
             ts_ns: 1,
             link: DataLink::ETHERNET,
-            data: ethernet_tcp(b"\x16\x03\x01"),
+            data: ethernet_tcp(b"\x16\x03\x01").into(),
         };
         let seg = tcp_segment(&frame).expect("tcp segment");
         assert_eq!(seg.src, "127.0.0.1:40000".parse().expect("addr"));
@@ -108,7 +108,7 @@ mod tests {
             let frame = Frame {
                 ts_ns: 0,
                 link: DataLink::ETHERNET,
-                data: data[..n].to_vec(),
+                data: data[..n].into(),
             };
             assert!(tcp_segment(&frame).is_none(), "truncated at {n} decoded");
         }

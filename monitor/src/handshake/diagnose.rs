@@ -370,10 +370,11 @@ impl Diagnoser<'_> {
                 format!("the server refused the client's hello ({alert})"),
             );
         };
-        let real_ciphers: Vec<&String> = o
+        let real_ciphers: Vec<&str> = o
             .ciphers
             .names
             .iter()
+            .map(|n| n.as_ref())
             .filter(|n| !n.ends_with("_SCSV"))
             .collect();
         if real_ciphers.len() > 3 && !o.groups.is_empty() && o.groups.ids.len() <= 2 {
@@ -399,11 +400,7 @@ impl Diagnoser<'_> {
             format!(
                 "no cipher suite in common for {}; client offered: {} ({alert} from the server)",
                 o.version_range(),
-                real_ciphers
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                real_ciphers.join(", ")
             ),
         )
     }
@@ -893,6 +890,7 @@ impl Diagnoser<'_> {
             message: found.message,
             stage: found.stage.unwrap_or(f.stage),
             alert: found.alert,
+            readable_alerts: f.alerts.iter().map(readable).collect(),
             closed,
             offered: f.offer.clone(),
             selected: f.choice.clone(),

@@ -6,7 +6,7 @@ use serde::Serialize;
 use sha2::Sha256;
 use tls_parser::{TlsExtension, TlsMessage, TlsMessageHandshake, parse_tls_message_handshake};
 
-use super::names::{cipher_name, group_name, is_grease, sigalg_name, version_name};
+use super::names::{Name, cipher_name, group_name, is_grease, sigalg_name, version_name};
 
 const EXT_SERVER_NAME: u16 = 0;
 const EXT_SUPPORTED_GROUPS: u16 = 10;
@@ -24,11 +24,11 @@ const HELLO_RETRY_RANDOM: [u8; 32] = [
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Named {
     pub ids: Vec<u16>,
-    pub names: Vec<String>,
+    pub names: Vec<Name>,
 }
 
 impl Named {
-    fn new(ids: Vec<u16>, name: fn(u16) -> String) -> Self {
+    fn new(ids: Vec<u16>, name: fn(u16) -> Name) -> Self {
         let ids: Vec<u16> = ids.into_iter().filter(|&v| !is_grease(v)).collect();
         let names = ids.iter().map(|&v| name(v)).collect();
         Named { ids, names }
@@ -83,7 +83,7 @@ impl ClientOffer {
     pub fn version_range(&self) -> String {
         let (lo, hi) = (self.min_version(), self.max_version());
         if lo == hi {
-            version_name(hi)
+            version_name(hi).into_owned()
         } else {
             format!("{}-{}", version_name(lo), version_name(hi))
         }
@@ -95,9 +95,9 @@ impl ClientOffer {
 pub struct ServerChoice {
     /// The negotiated version (supported_versions in TLS 1.3, else legacy_version).
     pub version: u16,
-    pub version_name: String,
+    pub version_name: Name,
     pub cipher: u16,
-    pub cipher_name: String,
+    pub cipher_name: Name,
     pub alpn: Option<String>,
     /// This ServerHello is a HelloRetryRequest.
     pub hello_retry: bool,
@@ -223,11 +223,43 @@ fn extension_types(mut block: &[u8]) -> Vec<u16> {
     types
 }
 
-fn join<T: ToString>(v: impl IntoIterator<Item = T>, sep: &str) -> String {
-    v.into_iter()
-        .map(|x| x.to_string())
-        .collect::<Vec<_>>()
-        .join(sep)
+/// Decimal code points joined by `sep` (JA3), formatted by hand: this runs per hello.
+fn join_dec(v: impl IntoIterator<Item = u16>, sep: char) -> String {
+    let mut out = String::new();
+    for (i, x) in v.into_iter().enumerate() {
+        if i > 0 {
+            out.push(sep);
+        }
+        let mut digits = [0u8; 5];
+        let mut n = x;
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        out.extend(digits[at..].iter().map(|&d| d as char));
+    }
+    out
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// `0a0b,0c0d`: 4-digit hex code points, as JA4 hashes them.
+fn join_hex4(v: &[u16]) -> String {
+    let mut out = String::with_capacity(v.len() * 5);
+    for (i, x) in v.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        for shift in [12, 8, 4, 0] {
+            out.push(HEX[usize::from((x >> shift) & 15)] as char);
+        }
+    }
+    out
 }
 
 /// JA3: "version,ciphers,extensions,groups,point_formats", GREASE removed.
@@ -238,15 +270,20 @@ fn ja3_string(
     groups: &[u16],
     formats: &[u8],
 ) -> String {
-    let keep = |v: &&u16| !is_grease(**v);
-    format!(
-        "{},{},{},{},{}",
-        version,
-        join(ciphers.iter().filter(keep), "-"),
-        join(exts.iter().filter(keep), "-"),
-        join(groups.iter().filter(keep), "-"),
-        join(formats, "-")
-    )
+    let keep = |v: &[u16]| {
+        v.iter()
+            .copied()
+            .filter(|x| !is_grease(*x))
+            .collect::<Vec<_>>()
+    };
+    [
+        join_dec([version], '-'),
+        join_dec(keep(ciphers), '-'),
+        join_dec(keep(exts), '-'),
+        join_dec(keep(groups), '-'),
+        join_dec(formats.iter().map(|&f| u16::from(f)), '-'),
+    ]
+    .join(",")
 }
 
 /// JA4 (FoxIO): `t13d1516h2_<sha256 of sorted ciphers>_<sha256 of sorted exts + sigalgs>`.
@@ -291,12 +328,11 @@ fn ja4(offer: &ClientOffer, ciphers: &[u16], exts: &[u16]) -> String {
         .filter(|&e| e != EXT_SERVER_NAME && e != EXT_ALPN)
         .collect();
     sorted_exts.sort_unstable();
-    let hex4 = |v: &u16| format!("{v:04x}");
-    let b = truncated_sha256(&join(sorted_ciphers.iter().map(hex4), ","));
-    let mut c_input = join(sorted_exts.iter().map(hex4), ",");
+    let b = truncated_sha256(&join_hex4(&sorted_ciphers));
+    let mut c_input = join_hex4(&sorted_exts);
     if !offer.sigalgs.is_empty() {
         c_input.push('_');
-        c_input.push_str(&join(offer.sigalgs.ids.iter().map(hex4), ","));
+        c_input.push_str(&join_hex4(&offer.sigalgs.ids));
     }
     let c = if sorted_exts.is_empty() {
         "000000000000".to_string()
@@ -318,7 +354,12 @@ fn truncated_sha256(s: &str) -> String {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
+    }
+    out
 }
 
 // Keep the constants honest: JA3's extension list uses these numbers too.

@@ -1,6 +1,11 @@
 //! Names from the IANA TLS registries, as operators read them in RFCs and in Wireshark.
 //! Numbers stay in every event too; a name is only a reading aid.
 
+use std::borrow::Cow;
+
+/// A registry name, borrowed when known (no allocation on the hot path).
+pub type Name = Cow<'static, str>;
+
 /// RFC 8446 §4 handshake message names.
 pub fn handshake_name(t: u8) -> &'static str {
     match t {
@@ -68,74 +73,74 @@ pub fn alert_name(code: u8) -> &'static str {
 }
 
 /// Protocol versions by wire value (RFC 8446 §4.2.1, RFC 6101 for SSL 3.0).
-pub fn version_name(v: u16) -> String {
+pub fn version_name(v: u16) -> Name {
     match v {
-        0x0002 => "SSLv2".into(),
-        0x0300 => "SSLv3".into(),
-        0x0301 => "TLSv1.0".into(),
-        0x0302 => "TLSv1.1".into(),
-        0x0303 => "TLSv1.2".into(),
-        0x0304 => "TLSv1.3".into(),
-        v if is_grease(v) => "GREASE".into(),
-        v => format!("0x{v:04x}"),
+        0x0002 => Cow::Borrowed("SSLv2"),
+        0x0300 => Cow::Borrowed("SSLv3"),
+        0x0301 => Cow::Borrowed("TLSv1.0"),
+        0x0302 => Cow::Borrowed("TLSv1.1"),
+        0x0303 => Cow::Borrowed("TLSv1.2"),
+        0x0304 => Cow::Borrowed("TLSv1.3"),
+        v if is_grease(v) => Cow::Borrowed("GREASE"),
+        v => Cow::Owned(format!("0x{v:04x}")),
     }
 }
 
 /// Cipher suites by IANA name, from tls-parser's registry copy.
-pub fn cipher_name(id: u16) -> String {
+pub fn cipher_name(id: u16) -> Name {
     match tls_parser::TlsCipherSuite::from_id(id) {
-        Some(c) => c.name.to_string(),
-        None if id == 0x00ff => "TLS_EMPTY_RENEGOTIATION_INFO_SCSV".into(),
-        None if id == 0x5600 => "TLS_FALLBACK_SCSV".into(),
-        None if is_grease(id) => "GREASE".into(),
-        None => format!("0x{id:04x}"),
+        Some(c) => Cow::Borrowed(c.name),
+        None if id == 0x00ff => Cow::Borrowed("TLS_EMPTY_RENEGOTIATION_INFO_SCSV"),
+        None if id == 0x5600 => Cow::Borrowed("TLS_FALLBACK_SCSV"),
+        None if is_grease(id) => Cow::Borrowed("GREASE"),
+        None => Cow::Owned(format!("0x{id:04x}")),
     }
 }
 
 /// Named groups (RFC 8446 §4.2.7, RFC 7919, draft hybrid groups).
-pub fn group_name(id: u16) -> String {
+pub fn group_name(id: u16) -> Name {
     match id {
-        23 => "secp256r1".into(),
-        24 => "secp384r1".into(),
-        25 => "secp521r1".into(),
-        29 => "x25519".into(),
-        30 => "x448".into(),
-        0x100 => "ffdhe2048".into(),
-        0x101 => "ffdhe3072".into(),
-        0x102 => "ffdhe4096".into(),
-        0x103 => "ffdhe6144".into(),
-        0x104 => "ffdhe8192".into(),
-        0x11ec => "X25519MLKEM768".into(),
-        0x11eb => "SecP256r1MLKEM768".into(),
-        id if is_grease(id) => "GREASE".into(),
-        id => format!("0x{id:04x}"),
+        23 => Cow::Borrowed("secp256r1"),
+        24 => Cow::Borrowed("secp384r1"),
+        25 => Cow::Borrowed("secp521r1"),
+        29 => Cow::Borrowed("x25519"),
+        30 => Cow::Borrowed("x448"),
+        0x100 => Cow::Borrowed("ffdhe2048"),
+        0x101 => Cow::Borrowed("ffdhe3072"),
+        0x102 => Cow::Borrowed("ffdhe4096"),
+        0x103 => Cow::Borrowed("ffdhe6144"),
+        0x104 => Cow::Borrowed("ffdhe8192"),
+        0x11ec => Cow::Borrowed("X25519MLKEM768"),
+        0x11eb => Cow::Borrowed("SecP256r1MLKEM768"),
+        id if is_grease(id) => Cow::Borrowed("GREASE"),
+        id => Cow::Owned(format!("0x{id:04x}")),
     }
 }
 
 /// Signature schemes (RFC 8446 §4.2.3; TLS 1.2 hash/sign pairs share the code points).
-pub fn sigalg_name(id: u16) -> String {
+pub fn sigalg_name(id: u16) -> Name {
     match id {
-        0x0201 => "rsa_pkcs1_sha1".into(),
-        0x0203 => "ecdsa_sha1".into(),
-        0x0401 => "rsa_pkcs1_sha256".into(),
-        0x0501 => "rsa_pkcs1_sha384".into(),
-        0x0601 => "rsa_pkcs1_sha512".into(),
-        0x0403 => "ecdsa_secp256r1_sha256".into(),
-        0x0503 => "ecdsa_secp384r1_sha384".into(),
-        0x0603 => "ecdsa_secp521r1_sha512".into(),
-        0x0804 => "rsa_pss_rsae_sha256".into(),
-        0x0805 => "rsa_pss_rsae_sha384".into(),
-        0x0806 => "rsa_pss_rsae_sha512".into(),
-        0x0807 => "ed25519".into(),
-        0x0808 => "ed448".into(),
-        0x0809 => "rsa_pss_pss_sha256".into(),
-        0x080a => "rsa_pss_pss_sha384".into(),
-        0x080b => "rsa_pss_pss_sha512".into(),
-        0x0101 => "rsa_pkcs1_md5".into(),
-        0x0202 => "dsa_sha1".into(),
-        0x0402 => "dsa_sha256".into(),
-        id if is_grease(id) => "GREASE".into(),
-        id => format!("0x{id:04x}"),
+        0x0201 => Cow::Borrowed("rsa_pkcs1_sha1"),
+        0x0203 => Cow::Borrowed("ecdsa_sha1"),
+        0x0401 => Cow::Borrowed("rsa_pkcs1_sha256"),
+        0x0501 => Cow::Borrowed("rsa_pkcs1_sha384"),
+        0x0601 => Cow::Borrowed("rsa_pkcs1_sha512"),
+        0x0403 => Cow::Borrowed("ecdsa_secp256r1_sha256"),
+        0x0503 => Cow::Borrowed("ecdsa_secp384r1_sha384"),
+        0x0603 => Cow::Borrowed("ecdsa_secp521r1_sha512"),
+        0x0804 => Cow::Borrowed("rsa_pss_rsae_sha256"),
+        0x0805 => Cow::Borrowed("rsa_pss_rsae_sha384"),
+        0x0806 => Cow::Borrowed("rsa_pss_rsae_sha512"),
+        0x0807 => Cow::Borrowed("ed25519"),
+        0x0808 => Cow::Borrowed("ed448"),
+        0x0809 => Cow::Borrowed("rsa_pss_pss_sha256"),
+        0x080a => Cow::Borrowed("rsa_pss_pss_sha384"),
+        0x080b => Cow::Borrowed("rsa_pss_pss_sha512"),
+        0x0101 => Cow::Borrowed("rsa_pkcs1_md5"),
+        0x0202 => Cow::Borrowed("dsa_sha1"),
+        0x0402 => Cow::Borrowed("dsa_sha256"),
+        id if is_grease(id) => Cow::Borrowed("GREASE"),
+        id => Cow::Owned(format!("0x{id:04x}")),
     }
 }
 

@@ -208,6 +208,8 @@ pub struct Diagnosis {
     pub message: String,
     pub stage: Stage,
     pub alert: Option<AlertInfo>,
+    /// Every readable alert either end sent, in order (the decisive one included).
+    pub readable_alerts: Vec<AlertInfo>,
     pub closed: Option<Closed>,
     pub offered: Option<ClientOffer>,
     pub selected: Option<ServerChoice>,
