@@ -8,6 +8,9 @@
 use std::fmt;
 
 use crate::handshake::names::{alert_name, handshake_name};
+use crate::handshake::record_layer::{
+    CT_ALERT, CT_APPLICATION_DATA, CT_CHANGE_CIPHER_SPEC, CT_HANDSHAKE, is_record_header,
+};
 
 /// Plaintext handshake bytes kept while waiting for the rest of a message.
 const MAX_HANDSHAKE_BUFFER: usize = 64 * 1024;
@@ -45,16 +48,6 @@ pub struct StreamSummary {
     pub not_tls: Option<Vec<u8>>,
     /// The stream ends inside a record (more bytes were due, or capture stopped).
     pub incomplete_record: bool,
-}
-
-const CT_CHANGE_CIPHER_SPEC: u8 = 20;
-const CT_ALERT: u8 = 21;
-const CT_HANDSHAKE: u8 = 22;
-const CT_APPLICATION_DATA: u8 = 23;
-const CT_HEARTBEAT: u8 = 24;
-
-fn is_record_header(h: &[u8]) -> bool {
-    (CT_CHANGE_CIPHER_SPEC..=CT_HEARTBEAT).contains(&h[0]) && h[1] == 3 && h[2] <= 4
 }
 
 /// SSLv2 record header with the CLIENT-HELLO message type and a 2.0/3.x version.

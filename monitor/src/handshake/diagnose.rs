@@ -411,7 +411,7 @@ impl Diagnoser<'_> {
                 Cause::CertExpired,
                 format!(
                     "the client says the server certificate{} is expired or not yet valid (certificate_expired); TLS 1.3 hides the certificate, so check its dates and the client's clock",
-                    self.sni_for()
+                    self.sni_phrase()
                 ),
             );
         };
@@ -482,7 +482,7 @@ impl Diagnoser<'_> {
                 Cause::ServerCertRejected,
                 format!(
                     "the client rejected the server certificate{} ({how}): {hint}{tls13}",
-                    self.sni_for()
+                    self.sni_phrase()
                 ),
             );
         };
@@ -614,7 +614,7 @@ impl Diagnoser<'_> {
             found.alert = Some(AlertInfo::encrypted(Party::Client, None));
             found.message = format!(
                 "the client sent an encrypted alert instead of its Finished (inferred from a {TLS13_ALERT_LEN}-byte record): it rejected the server's flight, most likely the certificate{}; TLS 1.3 hides which alert",
-                self.sni_for()
+                self.sni_phrase()
             );
             return Some(self.fail(found));
         }
@@ -721,7 +721,7 @@ impl Diagnoser<'_> {
                 format!(
                     "the handshake completed but the client closed {} ms later without sending data{}: typical of a client that checks the host name or a pin after the handshake (curl, OpenSSL); {}",
                     after_ns / 1_000_000,
-                    self.sni_for(),
+                    self.sni_phrase(),
                     if self.f.tls13() {
                         "TLS 1.3 hides the certificate, so the name cannot be checked here"
                     } else {
@@ -938,10 +938,6 @@ impl Diagnoser<'_> {
             Some(sni) => format!(" for {sni}"),
             None => String::new(),
         }
-    }
-
-    fn sni_for(&self) -> String {
-        self.sni_phrase()
     }
 
     fn leaf_phrase(&self) -> String {

@@ -97,6 +97,13 @@ impl Facts {
             .is_some_and(|c| c.version == 0x0304 && !c.hello_retry)
     }
 
+    /// Keeps an encrypted record's size for inference, up to the bound.
+    fn seal(&mut self, r: SealedRecord) {
+        if self.sealed.len() < MAX_TRACKED_RECORDS {
+            self.sealed.push(r);
+        }
+    }
+
     fn reach(&mut self, stage: Stage) {
         self.stage = self.stage.max(stage);
     }
@@ -192,25 +199,19 @@ impl Connection {
                     });
                 }
             }
-            Item::EncryptedAlert { len } => {
-                if f.sealed.len() < MAX_TRACKED_RECORDS {
-                    f.sealed.push(SealedRecord {
-                        from,
-                        len,
-                        alert: true,
-                        ts_ns,
-                    });
-                }
-            }
+            Item::EncryptedAlert { len } => f.seal(SealedRecord {
+                from,
+                len,
+                alert: true,
+                ts_ns,
+            }),
             Item::ApplicationData { len } => {
-                if f.sealed.len() < MAX_TRACKED_RECORDS {
-                    f.sealed.push(SealedRecord {
-                        from,
-                        len,
-                        alert: false,
-                        ts_ns,
-                    });
-                }
+                f.seal(SealedRecord {
+                    from,
+                    len,
+                    alert: false,
+                    ts_ns,
+                });
                 if f.tls13() {
                     diagnose::tls13_stage(f);
                 } else if f.finished == [true, true] {

@@ -299,7 +299,8 @@ fn classify_start(first: &[u8]) -> Option<Start> {
     }
 }
 
-fn is_record_header(h: &[u8]) -> bool {
+/// A TLS record header: known content type, version 3.x (x <= 4). Needs 3 bytes.
+pub(crate) fn is_record_header(h: &[u8]) -> bool {
     (CT_CHANGE_CIPHER_SPEC..=CT_HEARTBEAT).contains(&h[0]) && h[1] == 3 && h[2] <= 4
 }
 
