@@ -22,6 +22,8 @@ pub enum Side {
 pub struct Ending {
     /// Who sent the first FIN.
     pub first_fin: Option<Side>,
+    /// The other end's FIN, when it came too.
+    pub second_fin: Option<Side>,
     /// Who sent a RST.
     pub reset: Option<Side>,
     /// The socket reached TCP_CLOSE.
@@ -112,18 +114,36 @@ impl Flow {
                 self.ending.reset.get_or_insert(Side::Local);
             }
             Lifecycle::State { old, new } => {
-                // ESTABLISHED -> FIN_WAIT1: we closed first; -> CLOSE_WAIT: the peer did.
-                if old == tcp_state::ESTABLISHED && new == tcp_state::FIN_WAIT1 {
-                    self.ending.first_fin.get_or_insert(Side::Local);
-                }
-                if old == tcp_state::ESTABLISHED && new == tcp_state::CLOSE_WAIT {
-                    self.ending.first_fin.get_or_insert(Side::Peer);
+                if let Some(side) = fin_of(old, new) {
+                    match self.ending.first_fin {
+                        None => self.ending.first_fin = Some(side),
+                        Some(first) if first != side => {
+                            self.ending.second_fin.get_or_insert(side);
+                        }
+                        Some(_) => {}
+                    }
                 }
                 if new == tcp_state::CLOSE {
                     self.ending.closed = true;
                 }
             }
         }
+    }
+}
+
+/// The FIN a socket state change reveals (RFC 793 state diagram): ours when we leave
+/// ESTABLISHED or CLOSE_WAIT, the peer's when we leave ESTABLISHED for CLOSE_WAIT or a
+/// FIN_WAIT state for CLOSING/TIME_WAIT/CLOSE (the kernel closes a FIN_WAIT2 socket into
+/// a timewait one).
+fn fin_of(old: u8, new: u8) -> Option<Side> {
+    use tcp_state::*;
+    match (old, new) {
+        (ESTABLISHED, FIN_WAIT1) | (CLOSE_WAIT, LAST_ACK) => Some(Side::Local),
+        (ESTABLISHED, CLOSE_WAIT)
+        | (FIN_WAIT1, CLOSING)
+        | (FIN_WAIT2, TIME_WAIT)
+        | (FIN_WAIT2, CLOSE) => Some(Side::Peer),
+        _ => None,
     }
 }
 
@@ -233,6 +253,11 @@ impl FlowTable {
             .collect()
     }
 
+    /// Takes a flow out of the table (its verdict was reached early).
+    pub fn remove(&mut self, cookie: u64) -> Option<Flow> {
+        self.flows.remove(&cookie)
+    }
+
     /// Finishes every flow (shutdown).
     pub fn drain(&mut self) -> Vec<Flow> {
         self.flows.drain().map(|(_, f)| f).collect()
@@ -292,7 +317,28 @@ mod tests {
         assert_eq!(f.stream(Direction::Egress), b"abcdef");
         assert_eq!(f.stream(Direction::Ingress), b"xyz");
         assert_eq!(f.ending.first_fin, Some(Side::Peer));
+        assert_eq!(f.ending.second_fin, None);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn both_fins_are_read_from_state_changes_in_either_order() {
+        use tcp_state::*;
+        let mut t = FlowTable::new(FlowLimits::default());
+        t.apply(state(1, 1, ESTABLISHED, FIN_WAIT1));
+        t.apply(state(1, 2, FIN_WAIT1, FIN_WAIT2));
+        let f = t.apply(state(1, 3, FIN_WAIT2, CLOSE)).unwrap();
+        assert_eq!(
+            (f.ending.first_fin, f.ending.second_fin),
+            (Some(Side::Local), Some(Side::Peer))
+        );
+        t.apply(state(2, 1, ESTABLISHED, CLOSE_WAIT));
+        t.apply(state(2, 2, CLOSE_WAIT, LAST_ACK));
+        let f = t.apply(state(2, 3, LAST_ACK, CLOSE)).unwrap();
+        assert_eq!(
+            (f.ending.first_fin, f.ending.second_fin),
+            (Some(Side::Peer), Some(Side::Local))
+        );
     }
 
     #[test]

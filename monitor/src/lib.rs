@@ -7,9 +7,11 @@
 pub mod analyze;
 pub mod capture;
 pub mod cli;
+pub mod config;
 pub mod events;
 pub mod flows;
 pub mod handshake;
+pub mod judge;
 pub mod reassembly;
 pub mod records;
 pub mod trace;

@@ -4,10 +4,14 @@
 
 use std::path::{Path, PathBuf};
 
+use monitor_common::tcp_state;
 use serde_json::Value;
 use tlsmon::analyze::analyze_file;
 use tlsmon::analyze::conversations::{Event, Report, replay, verdict};
-use tlsmon::handshake::{DEFAULT_TLS_PORTS, HandshakeOutcome};
+use tlsmon::events::{CaptureEvent, ConnInfo, DataChunk, Direction, Lifecycle, Role};
+use tlsmon::flows::FlowLimits;
+use tlsmon::handshake::{CloseKind, DEFAULT_TLS_PORTS, HandshakeOutcome, Party};
+use tlsmon::judge::Judge;
 
 fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/handshakes")
@@ -244,4 +248,138 @@ fn every_truncation_is_judged_without_panic() {
             let _ = conn.finish(r.end_ns);
         }
     }
+}
+
+/// The recorded connection as the kernel would report it from one end's socket.
+fn as_capture_events(r: &Report, local: Party) -> Vec<CaptureEvent> {
+    const START: u32 = 1000;
+    let (role, local_addr, peer_addr) = match local {
+        Party::Client => (Role::Client, r.client, r.server),
+        Party::Server => (Role::Server, r.server, r.client),
+    };
+    let mut out = vec![CaptureEvent::Open {
+        cookie: 1,
+        ts_ns: r.first_ns,
+        conn: ConnInfo {
+            role,
+            local: local_addr,
+            peer: peer_addr,
+            socket_cgroup_id: 1,
+        },
+        owner: None,
+    }];
+    let mut seq = [START; 2];
+    let mut fins = 0;
+    let mut last = r.first_ns;
+    for e in r.events.as_deref().expect("recorded") {
+        match e {
+            Event::Data { from, ts_ns, bytes } => {
+                let direction = if *from == local {
+                    Direction::Egress
+                } else {
+                    Direction::Ingress
+                };
+                out.push(CaptureEvent::Data(DataChunk {
+                    cookie: 1,
+                    ts_ns: *ts_ns,
+                    direction,
+                    tls: true,
+                    sample: false,
+                    mid_stream: false,
+                    truncated: false,
+                    seq: seq[direction.index()],
+                    stream_start: START,
+                    segment_len: bytes.len() as u32,
+                    bytes: bytes.clone(),
+                }));
+                seq[direction.index()] += bytes.len() as u32;
+                last = *ts_ns;
+            }
+            Event::Closed { by, how, ts_ns } => {
+                let what = match (how, *by == local) {
+                    (CloseKind::Reset, true) => Lifecycle::ResetSent,
+                    (CloseKind::Reset, false) => Lifecycle::ResetReceived,
+                    (CloseKind::Fin, local_fin) => {
+                        use tcp_state::*;
+                        fins += 1;
+                        let (old, new) = match (fins, local_fin) {
+                            (1, true) => (ESTABLISHED, FIN_WAIT1),
+                            (1, false) => (ESTABLISHED, CLOSE_WAIT),
+                            (2, true) => (CLOSE_WAIT, LAST_ACK),
+                            (2, false) => (FIN_WAIT1, CLOSING),
+                            _ => continue,
+                        };
+                        Lifecycle::State { old, new }
+                    }
+                };
+                out.push(CaptureEvent::Lifecycle {
+                    cookie: 1,
+                    ts_ns: *ts_ns,
+                    what,
+                });
+                last = *ts_ns;
+            }
+        }
+    }
+    let both_closed = r
+        .events
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| matches!(e, Event::Closed { .. }))
+        .count()
+        >= 2;
+    if both_closed {
+        out.push(CaptureEvent::Lifecycle {
+            cookie: 1,
+            ts_ns: last,
+            what: Lifecycle::State {
+                old: tcp_state::LAST_ACK,
+                new: tcp_state::CLOSE,
+            },
+        });
+    }
+    out
+}
+
+#[test]
+fn the_live_path_from_either_end_gives_the_expected_outcome() {
+    let mut wrong = Vec::new();
+    for f in fixtures() {
+        let r = &f.report;
+        let mut ports = DEFAULT_TLS_PORTS.to_vec();
+        if r.meta.tls_port {
+            ports.push(r.server.port());
+        }
+        for local in [Party::Client, Party::Server] {
+            let mut judge = Judge::new(
+                FlowLimits {
+                    idle_ns: u64::MAX / 2,
+                    ..FlowLimits::default()
+                },
+                ports.clone(),
+            );
+            let mut verdicts: Vec<_> = as_capture_events(r, local)
+                .into_iter()
+                .filter_map(|e| judge.apply(e))
+                .collect();
+            verdicts.extend(judge.drain(r.end_ns));
+            if verdicts.len() != 1 {
+                wrong.push(format!(
+                    "{} from the {local:?}: {} verdicts",
+                    f.name,
+                    verdicts.len()
+                ));
+                continue;
+            }
+            let got = observed(&verdicts[0].outcome);
+            if !matches(&f.spec["expect"], &got) {
+                wrong.push(format!(
+                    "{} from the {local:?}: expected {} got {}",
+                    f.name, f.spec["expect"], got
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }

@@ -1,0 +1,471 @@
+//! The daemon's configuration: TOML at `/etc/tlsmon/tlsmon.toml` (or `--config`), every key
+//! with a default so no file is needed. Unknown keys and bad values are errors that name the
+//! file, line, column and key. Pure apart from [`load`], which reads the file.
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use serde::{Deserialize, Deserializer, de::Error as _};
+
+/// Where the daemon looks when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/tlsmon/tlsmon.toml";
+
+/// The whole configuration. `Default` is the built-in configuration.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub host: HostConfig,
+    pub capture: CaptureSection,
+    pub filters: Filters,
+    pub alerts: AlertConfig,
+    pub store: StoreConfig,
+    pub status: StatusConfig,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    /// Name in events (default: the kernel's hostname).
+    pub name: Option<String>,
+    /// Site label for fleet aggregation.
+    pub site: Option<String>,
+}
+
+/// Kernel capture settings (need a restart).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureSection {
+    /// Bytes captured per direction of a TLS connection.
+    pub direction_budget: Bounded<1024, { 1 << 20 }>,
+    /// Ring buffer bytes (a power of two, ≥ 64 KiB).
+    pub ring_bytes: RingBytes,
+    pub drain_interval_ms: Bounded<1, 1000>,
+    /// A connection silent this long is judged as it stands (handshake timeout).
+    pub idle_timeout_secs: Bounded<1, 3600>,
+    /// Ports that speak TLS from the first byte, besides the built-in list.
+    pub tls_ports: Vec<u16>,
+}
+
+impl Default for CaptureSection {
+    fn default() -> Self {
+        CaptureSection {
+            direction_budget: Bounded(monitor_common::DEFAULT_DIRECTION_BUDGET as u64),
+            ring_bytes: RingBytes(4 << 20),
+            drain_interval_ms: Bounded(20),
+            idle_timeout_secs: Bounded(30),
+            tls_ports: Vec::new(),
+        }
+    }
+}
+
+/// Which connections are judged (reloadable with SIGHUP). Empty include lists mean "all".
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Filters {
+    /// Process names (`comm`) or executable paths or basenames.
+    pub include_processes: Vec<String>,
+    pub exclude_processes: Vec<String>,
+    /// Local or peer ports.
+    pub include_ports: Vec<u16>,
+    pub exclude_ports: Vec<u16>,
+    /// Peer address ranges, `10.0.0.0/8`, `::1/128`, or single addresses.
+    pub include_peers: Vec<Cidr>,
+    pub exclude_peers: Vec<Cidr>,
+    /// systemd units or cgroup path prefixes (`nginx.service`, `/system.slice/`).
+    pub include_cgroups: Vec<String>,
+    pub exclude_cgroups: Vec<String>,
+}
+
+/// Alert grouping (reloadable with SIGHUP).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertConfig {
+    /// The same (process, peer, SNI, cause) within this many seconds is one alert.
+    pub window_secs: Bounded<1, 86_400>,
+    /// More distinct failing peers than this on one listener (same cause) within the
+    /// window become one summary alert instead of one alert per peer.
+    pub flood_peers: Bounded<2, 1_000_000>,
+    /// Warn about working handshakes whose leaf certificate expires within this many days.
+    pub expiry_warning_days: Bounded<0, 3650>,
+    /// Warn about working handshakes that use TLS 1.1 or older.
+    pub warn_legacy_versions: bool,
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        AlertConfig {
+            window_secs: Bounded(300),
+            flood_peers: Bounded(50),
+            expiry_warning_days: Bounded(14),
+            warn_legacy_versions: true,
+        }
+    }
+}
+
+/// The SQLite history.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    /// Alerts older than this are deleted.
+    pub retention_days: Bounded<1, 3650>,
+    /// The oldest alerts are deleted beyond this size.
+    pub max_mb: Bounded<1, 1_000_000>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from("/var/lib/tlsmon/tlsmon.db"),
+            retention_days: Bounded(30),
+            max_mb: Bounded(256),
+        }
+    }
+}
+
+/// The local status endpoint.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatusConfig {
+    /// `127.0.0.1:9464`, `[::1]:9464`, or `unix:/run/tlsmon/status.sock`.
+    pub listen: Listen,
+    /// Needed to bind an address other than loopback.
+    pub allow_non_loopback: bool,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        StatusConfig {
+            listen: Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], DEFAULT_STATUS_PORT))),
+            allow_non_loopback: false,
+        }
+    }
+}
+
+pub const DEFAULT_STATUS_PORT: u16 = 9464;
+
+/// Where the status endpoint listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Tcp(a) => write!(f, "{a}"),
+            Listen::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(p) = s.strip_prefix("unix:") {
+            if !p.starts_with('/') {
+                return Err(format!("unix socket path must be absolute, got {p:?}"));
+            }
+            return Ok(Listen::Unix(PathBuf::from(p)));
+        }
+        s.parse::<SocketAddr>().map(Listen::Tcp).map_err(|_| {
+            format!("expected host:port (127.0.0.1:9464, [::1]:9464) or unix:/path, got {s:?}")
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
+    }
+}
+
+/// An address range (a bare address is a /32 or /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr(pub ipnet::IpNet);
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        // IPv4-mapped IPv6 peers match IPv4 ranges.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.0.contains(&ip)
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(n) = s.parse::<ipnet::IpNet>() {
+            return Ok(Cidr(n.trunc()));
+        }
+        s.parse::<IpAddr>()
+            .map(|a| Cidr(ipnet::IpNet::from(a)))
+            .map_err(|_| format!("expected an address or range like 10.0.0.0/8, got {s:?}"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
+    }
+}
+
+/// An integer that must lie in `MIN..=MAX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounded<const MIN: u64, const MAX: u64>(pub u64);
+
+impl<const MIN: u64, const MAX: u64> Bounded<MIN, MAX> {
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Bounded<MIN, MAX> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = i64::deserialize(d)?;
+        match u64::try_from(v) {
+            Ok(v) if (MIN..=MAX).contains(&v) => Ok(Bounded(v)),
+            _ => Err(D::Error::custom(format!(
+                "must be between {MIN} and {MAX}, got {v}"
+            ))),
+        }
+    }
+}
+
+/// Ring buffer size: a power of two of at least 64 KiB and at most 1 GiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingBytes(pub u32);
+
+impl<'de> Deserialize<'de> for RingBytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = i64::deserialize(d)?;
+        match u32::try_from(v) {
+            Ok(v) if v.is_power_of_two() && (1 << 16..=1 << 30).contains(&v) => Ok(RingBytes(v)),
+            _ => Err(D::Error::custom(format!(
+                "must be a power of two between 65536 and 1073741824, got {v}"
+            ))),
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+/// Where the configuration came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    File(PathBuf),
+    /// No file at the default path: built-in defaults.
+    BuiltIn,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::BuiltIn => write!(f, "built-in defaults (no {DEFAULT_PATH})"),
+        }
+    }
+}
+
+/// Parses configuration text; `path` only names the file in errors.
+pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
+    let invalid = |offset: usize, message: String| {
+        let (line, column) = line_col(text, offset);
+        ConfigError::Invalid {
+            path: path.to_owned(),
+            line,
+            column,
+            message,
+        }
+    };
+    let cfg: Config = toml::from_str(text).map_err(|e| {
+        let offset = e.span().map_or(0, |s| s.start);
+        invalid(offset, e.message().trim().to_owned())
+    })?;
+    if let Listen::Tcp(a) = cfg.status.listen
+        && !a.ip().is_loopback()
+        && !cfg.status.allow_non_loopback
+    {
+        let offset = text.find("listen").unwrap_or(0);
+        return Err(invalid(
+            offset,
+            format!(
+                "status.listen = {a} is not a loopback address; set status.allow_non_loopback = true to expose the endpoint"
+            ),
+        ));
+    }
+    Ok(cfg)
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+/// Reads the configuration: `explicit` must exist; without it, [`DEFAULT_PATH`] is used when
+/// present and the built-in defaults otherwise.
+pub fn load(explicit: Option<&Path>) -> Result<(Config, Source), ConfigError> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let p = PathBuf::from(DEFAULT_PATH);
+            if !p.exists() {
+                return Ok((Config::default(), Source::BuiltIn));
+            }
+            p
+        }
+    };
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    Ok((parse(&text, &shown)?, Source::File(path)))
+}
+
+/// The settings of `new` that differ from `old` and only take effect after a restart.
+pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if old.capture != new.capture {
+        v.push("capture");
+    }
+    if old.store != new.store {
+        v.push("store");
+    }
+    if old.status != new.status {
+        v.push("status");
+    }
+    if old.host != new.host {
+        v.push("host");
+    }
+    v
+}
+
+/// The example configuration shipped with the package: every key at its default.
+pub const EXAMPLE: &str = include_str!("../../packaging/tlsmon.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        parse(text, "/etc/tlsmon/tlsmon.toml")
+            .expect_err("must be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn empty_file_is_the_builtin_configuration() {
+        assert_eq!(parse("", "x").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn shipped_example_is_valid_and_equals_the_defaults() {
+        assert_eq!(parse(EXAMPLE, "tlsmon.toml").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = err("[alerts]\nwindow_secs = 60\nwindw = 3\n");
+        assert!(e.starts_with("/etc/tlsmon/tlsmon.toml:3:1: "), "{e}");
+        assert!(e.contains("unknown field `windw`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_section_is_an_error() {
+        let e = err("[alert]\nwindow_secs = 60\n");
+        assert!(e.contains(":1:") && e.contains("`alert`"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_line() {
+        let e = err("[capture]\nring_bytes = 1000\n");
+        assert!(e.contains(":2:") && e.contains("power of two"), "{e}");
+        let e = err("[alerts]\nwindow_secs = \"five\"\n");
+        assert!(e.contains(":2:") && e.contains("invalid type"), "{e}");
+        let e = err("[alerts]\nwindow_secs = 0\n");
+        assert!(e.contains("between 1 and 86400"), "{e}");
+        let e = err("[filters]\n\nexclude_peers = [\"10.0.0.0/33\"]\n");
+        assert!(e.contains(":3:") && e.contains("10.0.0.0/33"), "{e}");
+        let e = err("[status]\nlisten = \"localhost\"\n");
+        assert!(e.contains(":2:") && e.contains("host:port"), "{e}");
+    }
+
+    #[test]
+    fn non_loopback_listen_needs_an_explicit_opt_in() {
+        let e = err("[status]\nlisten = \"0.0.0.0:9464\"\n");
+        assert!(e.contains(":2:") && e.contains("allow_non_loopback"), "{e}");
+        let c = parse(
+            "[status]\nlisten = \"0.0.0.0:9464\"\nallow_non_loopback = true\n",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(c.status.listen.to_string(), "0.0.0.0:9464");
+        let c = parse("[status]\nlisten = \"unix:/run/tlsmon/s.sock\"\n", "x").unwrap();
+        assert_eq!(
+            c.status.listen,
+            Listen::Unix(PathBuf::from("/run/tlsmon/s.sock"))
+        );
+    }
+
+    #[test]
+    fn cidrs_match_v4_v6_and_mapped_addresses() {
+        let c: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert!(c.contains("10.1.2.3".parse().unwrap()));
+        assert!(c.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        let one: Cidr = "::1".parse().unwrap();
+        assert!(one.contains("::1".parse().unwrap()));
+        let host_bits: Cidr = "192.168.1.7/24".parse().unwrap();
+        assert!(host_bits.contains("192.168.1.200".parse().unwrap()));
+    }
+
+    #[test]
+    fn restart_is_needed_only_for_capture_store_status_host() {
+        let a = Config::default();
+        let mut b = a.clone();
+        b.filters.exclude_ports.push(22);
+        b.alerts.window_secs = Bounded(10);
+        assert!(needs_restart(&a, &b).is_empty());
+        b.capture.tls_ports.push(8444);
+        b.store.retention_days = Bounded(2);
+        assert_eq!(needs_restart(&a, &b), vec!["capture", "store"]);
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error_naming_it() {
+        let e = load(Some(Path::new("/nonexistent/tlsmon.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/nonexistent/tlsmon.toml: cannot read"),
+            "{e}"
+        );
+    }
+}
