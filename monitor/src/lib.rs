@@ -4,14 +4,18 @@
 //! `events` (typed records) → `flows` (per-connection state, `reassembly` per direction) →
 //! `records` (TLS record headers) → `trace` (what the operator sees).
 
+pub mod alerts;
 pub mod analyze;
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod event;
 pub mod events;
+pub mod filters;
 pub mod flows;
 pub mod handshake;
 pub mod judge;
 pub mod reassembly;
 pub mod records;
+pub mod store;
 pub mod trace;
