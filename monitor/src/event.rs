@@ -239,7 +239,8 @@ pub fn from_verdict(
                     "the handshake completed with {}, which is deprecated (RFC 8996); enable TLS 1.2 or 1.3",
                     c.selected.version_name
                 )
-            } else if let Some(days) = expiring {
+            } else {
+                let days = expiring?;
                 ev.cause = "certificate_expiring".to_owned();
                 let leaf = c
                     .server_certificates
@@ -255,8 +256,6 @@ pub fn from_verdict(
                 } else {
                     format!("{leaf} expires in {days} days")
                 }
-            } else {
-                return None;
             }
         }
         HandshakeOutcome::NotTls(_) | HandshakeOutcome::Undecided => return None,
