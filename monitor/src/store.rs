@@ -225,28 +225,25 @@ fn alert_row(ev: &Event) -> impl rusqlite::Params + '_ {
         Ok(serde_json::Value::String(s)) => s,
         _ => String::new(),
     };
-    params_from_iter(
-        [
-            rusqlite::types::Value::from(ev.event_id.clone()),
-            plain(serde_json::to_value(ev.kind)).into(),
-            plain(serde_json::to_value(ev.severity)).into(),
-            ev.cause.clone().into(),
-            p.map(|p| p.comm.clone()).into(),
-            p.and_then(|p| p.exe.clone()).into(),
-            p.map(|p| i64::from(p.pid)).into(),
-            plain(serde_json::to_value(ev.role)).into(),
-            ev.local.as_ref().map(|e| e.ip.clone()).into(),
-            ev.local.as_ref().map(|e| i64::from(e.port)).into(),
-            ev.peer.as_ref().map(|e| e.ip.clone()).into(),
-            ev.peer.as_ref().map(|e| i64::from(e.port)).into(),
-            ev.sni.clone().into(),
-            (ev.first_ms as i64).into(),
-            (ev.last_ms as i64).into(),
-            (ev.count as i64).into(),
-            serde_json::to_string(ev).unwrap_or_default().into(),
-        ]
-        .into_iter(),
-    )
+    params_from_iter([
+        rusqlite::types::Value::from(ev.event_id.clone()),
+        plain(serde_json::to_value(ev.kind)).into(),
+        plain(serde_json::to_value(ev.severity)).into(),
+        ev.cause.clone().into(),
+        p.map(|p| p.comm.clone()).into(),
+        p.and_then(|p| p.exe.clone()).into(),
+        p.map(|p| i64::from(p.pid)).into(),
+        plain(serde_json::to_value(ev.role)).into(),
+        ev.local.as_ref().map(|e| e.ip.clone()).into(),
+        ev.local.as_ref().map(|e| i64::from(e.port)).into(),
+        ev.peer.as_ref().map(|e| e.ip.clone()).into(),
+        ev.peer.as_ref().map(|e| i64::from(e.port)).into(),
+        ev.sni.clone().into(),
+        (ev.first_ms as i64).into(),
+        (ev.last_ms as i64).into(),
+        (ev.count as i64).into(),
+        serde_json::to_string(ev).unwrap_or_default().into(),
+    ])
 }
 
 /// Deletes alerts older than the age limit, then the oldest until under the size limit.
