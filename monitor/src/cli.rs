@@ -19,13 +19,107 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the monitor with its built-in default configuration (today: the trace view).
-    Run(CaptureArgs),
+    /// Run the daemon: capture, judge, alert, store, serve the status endpoint.
+    Run(RunArgs),
+    /// What is failing now, from the running daemon.
+    Status(StatusArgs),
+    /// Stored failures (alerts), newest first, from the running daemon.
+    Failures(FailuresArgs),
+    /// Validate the configuration file and say what would run.
+    CheckConfig(ConfigArg),
     /// Print one line per TCP connection whose handshake was captured: process, role,
     /// ends, TLS records each way, and how it ended.
     Trace(TraceArgs),
     /// Diagnose every TLS handshake in a pcap or pcapng file (no root needed).
     Analyze(AnalyzeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// Configuration file [default: /etc/tlsmon/tlsmon.toml if present, else built-in].
+    #[arg(long, short = 'c')]
+    pub config: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+}
+
+#[derive(Debug, Args)]
+pub struct EndpointArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The daemon's endpoint (127.0.0.1:9464, unix:/run/tlsmon/status.sock)
+    /// [default: status.listen of the configuration].
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// Print the JSON as the endpoint gives it.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl EndpointArgs {
+    pub fn listen(&self) -> anyhow::Result<crate::config::Listen> {
+        match &self.endpoint {
+            Some(e) => e
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("--endpoint: {e}")),
+            None => Ok(crate::config::load(self.config.config.as_deref())?
+                .0
+                .status
+                .listen),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct FailuresArgs {
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
+    /// How far back: 90s, 15m, 1h, 7d.
+    #[arg(long, default_value = "1h")]
+    pub since: String,
+    /// Process name, executable path or basename.
+    #[arg(long)]
+    pub process: Option<String>,
+    /// Peer address or range (10.0.0.0/8).
+    #[arg(long)]
+    pub peer: Option<String>,
+    /// Cause slug (self_signed, no_shared_cipher, ...).
+    #[arg(long)]
+    pub cause: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+}
+
+impl FailuresArgs {
+    /// The endpoint path with its query.
+    pub fn path(&self) -> String {
+        use crate::client::encode;
+        let mut q = format!(
+            "/v1/failures?since={}&limit={}",
+            encode(&self.since),
+            self.limit
+        );
+        for (k, v) in [
+            ("process", &self.process),
+            ("peer", &self.peer),
+            ("cause", &self.cause),
+        ] {
+            if let Some(v) = v {
+                q.push_str(&format!("&{k}={}", encode(v)));
+            }
+        }
+        q
+    }
 }
 
 #[derive(Debug, Args)]

@@ -40,7 +40,7 @@ pub struct HostConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct CaptureSection {
     /// Bytes captured per direction of a TLS connection.
-    pub direction_budget: Bounded<1024, { 1 << 20 }>,
+    pub direction_budget: Bounded<1024, 65536>,
     /// Ring buffer bytes (a power of two, ≥ 64 KiB).
     pub ring_bytes: RingBytes,
     pub drain_interval_ms: Bounded<1, 1000>,

@@ -10,6 +10,8 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // journald and log files get plain text; colours only on a terminal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     // The offline path needs no runtime and no privileges.
@@ -19,6 +21,24 @@ fn main() -> std::process::ExitCode {
             Err(e) => {
                 eprintln!("tlsmon: {e:#}");
                 std::process::ExitCode::from(2)
+            }
+        };
+    }
+    // Commands that only read a file or ask the running daemon.
+    let quick = match &cli.command {
+        Command::CheckConfig(c) => {
+            Some(tlsmon::daemon::check_config(c.config.as_deref()).map(|t| print!("{t}")))
+        }
+        Command::Status(a) => Some(status(&a.endpoint)),
+        Command::Failures(a) => Some(failures(a)),
+        _ => None,
+    };
+    if let Some(r) = quick {
+        return match r {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tlsmon: {e:#}");
+                std::process::ExitCode::FAILURE
             }
         };
     }
@@ -34,15 +54,20 @@ fn main() -> std::process::ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Run(args) => tlsmon::trace::run(args.trace_options(false, false, None)?)
-                .await
-                .map(drop),
+            Command::Run(args) => {
+                let explicit = args.config.config;
+                let (cfg, source) = tlsmon::config::load(explicit.as_deref())?;
+                tlsmon::daemon::run(cfg, tlsmon::daemon::Origin { explicit, source }).await
+            }
             Command::Trace(t) => {
                 tlsmon::trace::run(t.capture.trace_options(t.json, t.with_bytes, t.duration)?)
                     .await
                     .map(drop)
             }
-            Command::Analyze(_) => Ok(()),
+            Command::Analyze(_)
+            | Command::Status(_)
+            | Command::Failures(_)
+            | Command::CheckConfig(_) => Ok(()),
         }
     });
     match result {
@@ -52,4 +77,26 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn status(e: &tlsmon::cli::EndpointArgs) -> anyhow::Result<()> {
+    let body = tlsmon::client::get(&e.listen()?, "/v1/status")?;
+    if e.json {
+        println!("{body}");
+    } else {
+        let v: serde_json::Value = serde_json::from_str(&body)?;
+        print!("{}", tlsmon::client::status_text(&v));
+    }
+    Ok(())
+}
+
+fn failures(a: &tlsmon::cli::FailuresArgs) -> anyhow::Result<()> {
+    let body = tlsmon::client::get(&a.endpoint.listen()?, &a.path())?;
+    if a.endpoint.json {
+        println!("{body}");
+    } else {
+        let v: Vec<serde_json::Value> = serde_json::from_str(&body)?;
+        print!("{}", tlsmon::client::failure_table(&v));
+    }
+    Ok(())
 }

@@ -4,16 +4,16 @@
 //! `TraceRecord::from_flow` and its Display are pure; `run` wires capture, the flow table
 //! and /proc attribution on a tokio timer.
 
-use std::{collections::HashMap, fmt, io::Write, time::Duration};
+use std::{fmt, io::Write, time::Duration};
 
 use serde::Serialize;
 
 use crate::{
     capture::{
         Capture, CaptureConfig, KernelCounters,
-        process::{ProcessCache, ProcessInfo},
+        process::{Owners, ProcessInfo},
     },
-    events::{CaptureEvent, Direction, Role},
+    events::{Direction, Role},
     flows::{CaptureKind, Flow, FlowLimits, FlowTable, Side},
     records,
 };
@@ -138,7 +138,7 @@ pub struct TraceOptions {
     pub idle_timeout: Duration,
 }
 
-fn monotonic_ns() -> u64 {
+pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -197,8 +197,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<KernelCounters> {
         idle_ns: opts.idle_timeout.as_nanos() as u64,
         ..FlowLimits::default()
     });
-    let mut procs = ProcessCache::default();
-    let mut names: HashMap<u64, ProcessInfo> = HashMap::new();
+    let mut owners = Owners::default();
     let mut printer = Printer {
         json: opts.json,
         with_bytes: opts.with_bytes,
@@ -227,27 +226,15 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<KernelCounters> {
                     continue;
                 }
             };
-            match &ev {
-                CaptureEvent::Open {
-                    cookie,
-                    owner: Some(o),
-                    ..
-                }
-                | CaptureEvent::Owner {
-                    cookie, owner: o, ..
-                } => {
-                    names.insert(*cookie, procs.resolve(o));
-                }
-                _ => {}
-            }
+            owners.observe(&ev);
             if let Some(flow) = table.apply(ev) {
                 learn_tls_port(&mut cap, &flow);
-                let name = names.remove(&flow.cookie);
+                let name = owners.take(flow.cookie, flow.owner.as_ref());
                 printer.flow(&flow, name);
             }
         }
         for flow in table.expire(monotonic_ns()) {
-            let name = names.remove(&flow.cookie);
+            let name = owners.take(flow.cookie, flow.owner.as_ref());
             printer.flow(&flow, name);
         }
         let drops = cap.counters().ring_drops;
@@ -257,7 +244,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<KernelCounters> {
         }
     }
     for flow in table.drain() {
-        let name = names.remove(&flow.cookie);
+        let name = owners.take(flow.cookie, flow.owner.as_ref());
         printer.flow(&flow, name);
     }
     let counters = cap.counters();
@@ -285,7 +272,7 @@ fn learn_tls_port(cap: &mut Capture, flow: &Flow) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{ConnInfo, DataChunk, KernelOwner, Lifecycle};
+    use crate::events::{CaptureEvent, ConnInfo, DataChunk, KernelOwner, Lifecycle};
     use monitor_common::tcp_state;
 
     fn chunk(dir: Direction, bytes: &[u8]) -> CaptureEvent {

@@ -156,6 +156,48 @@ impl ProcessCache {
     }
 }
 
+/// The process of each reported connection, resolved when the kernel names it (at open,
+/// while a short-lived client still exists) and handed over with the connection's verdict.
+#[derive(Default)]
+pub struct Owners {
+    cache: ProcessCache,
+    by_cookie: HashMap<u64, ProcessInfo>,
+}
+
+/// Connections whose owner is remembered at most (owners of connections judged early may
+/// arrive after the verdict and are never taken).
+const MAX_OWNERS: usize = 131_072;
+
+impl Owners {
+    /// Resolves the owner an open or owner event carries.
+    pub fn observe(&mut self, ev: &crate::events::CaptureEvent) {
+        use crate::events::CaptureEvent;
+        let (cookie, owner) = match ev {
+            CaptureEvent::Open {
+                cookie,
+                owner: Some(o),
+                ..
+            }
+            | CaptureEvent::Owner {
+                cookie, owner: o, ..
+            } => (*cookie, o),
+            _ => return,
+        };
+        if self.by_cookie.len() >= MAX_OWNERS {
+            self.by_cookie.clear();
+        }
+        let info = self.cache.resolve(owner);
+        self.by_cookie.insert(cookie, info);
+    }
+
+    /// The connection's process: as resolved earlier, else from the kernel's owner now.
+    pub fn take(&mut self, cookie: u64, kernel: Option<&KernelOwner>) -> Option<ProcessInfo> {
+        self.by_cookie
+            .remove(&cookie)
+            .or_else(|| kernel.map(|o| self.cache.resolve(o)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse::*;
