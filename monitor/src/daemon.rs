@@ -326,7 +326,7 @@ pub async fn run(cfg: Config, origin: Origin) -> anyhow::Result<()> {
             if watchdog {
                 notify(&[sd_notify::NotifyState::Watchdog]);
             }
-            if second % 10 == 0 {
+            if second.is_multiple_of(10) {
                 notify(&[sd_notify::NotifyState::Status(&format!(
                     "{} handshakes judged, {} failed, {} alerts, {} ring drops",
                     shared.judged.load(Ordering::Relaxed),
