@@ -19,7 +19,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 if [ "$PURPOSE" = test ]; then
   need=()
   for pair in openssl:openssl tcpdump:tcpdump tshark:tshark nginx:nginx-light curl:curl ip:iproute2 \
-              python3:python3 mosquitto:mosquitto; do
+              python3:python3 mosquitto:mosquitto systemd-analyze:systemd; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
   done
   if [ ${#need[@]} -gt 0 ]; then

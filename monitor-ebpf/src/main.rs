@@ -795,7 +795,12 @@ pub fn tlsmon_state(ctx: BtfTracePointContext) -> i32 {
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
     if let Some(st) = reported_state(sk) {
-        emit_close(st.cookie, close_reason::STATE, old as u8, new as u8);
+        let cookie = st.cookie;
+        emit_close(cookie, close_reason::STATE, old as u8, new as u8);
+        if new == i32::from(monitor_common::tcp_state::CLOSE) {
+            // A stop request for a connection that sent nothing more must not outlive it.
+            let _ = STOP.remove(&cookie);
+        }
     }
     0
 }

@@ -292,3 +292,62 @@ fn a_bad_config_is_refused_with_file_line_and_key() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml: cannot read"));
 }
+
+/// The shipped unit with `/usr/bin/tlsmon` pointed at the binary under test (the package
+/// installs it there; tests do not touch the host's /usr).
+fn unit_under_test(dir: &TempDir) -> std::path::PathBuf {
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/tlsmon.service"),
+    )
+    .expect("packaging/tlsmon.service");
+    let path = dir.path().join("tlsmon.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/bin/tlsmon", &tlsmon_bin().display().to_string()),
+    )
+    .expect("write unit");
+    path
+}
+
+#[test]
+#[ignore = "runs the real binary (sudo ./x test)"]
+fn the_systemd_unit_verifies_and_is_hardened() {
+    let dir = TempDir::new("unit");
+    let unit = unit_under_test(&dir);
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "systemd-analyze verify: {err}");
+    let unit_text = std::fs::read_to_string(&unit).expect("read unit");
+    for must in [
+        "Type=notify",
+        "ProtectSystem=strict",
+        "StateDirectory=tlsmon",
+        "PrivateTmp=yes",
+        "NoNewPrivileges=yes",
+        "WatchdogSec=",
+    ] {
+        assert!(unit_text.contains(must), "unit lacks {must}");
+    }
+    // Offline exposure score (0 = locked down, 10 = unprotected); "OK" is below 5.
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze security");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for tlsmon.service: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure score in:\n{text}"));
+    println!("systemd-analyze security exposure: {score}");
+    assert!(score < 5.0, "exposure {score}:\n{text}");
+}
