@@ -111,7 +111,17 @@ impl ProcessCache {
             .ok()
             .and_then(|s| parse::start_time(&s));
         let Some(start) = start else {
-            // Gone already: the kernel's comm is what we have.
+            // Gone already (the ring is read some milliseconds after the event). The process
+            // last seen with this tgid and the same name is the best identity left; a reused
+            // pid with another name gets only the kernel's comm.
+            if let Some((_, info)) = self.by_tgid.get(&owner.tgid)
+                && info.comm == owner.comm
+            {
+                return ProcessInfo {
+                    pid: owner.pid,
+                    ..info.clone()
+                };
+            }
             return ProcessInfo {
                 pid: owner.pid,
                 tgid: owner.tgid,
@@ -272,5 +282,33 @@ mod tests {
         let info = cache.resolve(&owner);
         assert_eq!(info.comm, "curl");
         assert_eq!(info.exe, None);
+    }
+
+    #[test]
+    fn a_process_gone_since_it_was_seen_keeps_its_identity_unless_renamed() {
+        let root = std::env::temp_dir().join(format!("tlsmon-proc-{}", std::process::id()));
+        let dir = root.join("4312");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("stat"),
+            "4312 (curl) S 1 4312 4312 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 777 0 0",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/usr/bin/curl", dir.join("exe")).unwrap();
+        let mut cache = ProcessCache::with_root(&root);
+        let owner = KernelOwner {
+            tgid: 4312,
+            pid: 4312,
+            cgroup_id: 0,
+            comm: "curl".into(),
+        };
+        assert_eq!(cache.resolve(&owner).exe, Some("/usr/bin/curl".into()));
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(cache.resolve(&owner).exe, Some("/usr/bin/curl".into()));
+        let renamed = KernelOwner {
+            comm: "sshd".into(),
+            ..owner
+        };
+        assert_eq!(cache.resolve(&renamed).exe, None);
     }
 }
