@@ -453,6 +453,54 @@ mod tests {
         assert!(line.contains(" message=\"curl (pid 4312)"), "{line}");
     }
 
+    fn completed(version: u16, name: &'static str, days: Option<i64>) -> Verdict {
+        let mut v = failed_verdict();
+        v.outcome = HandshakeOutcome::Completed(Box::new(crate::handshake::Completed {
+            offered: None,
+            selected: crate::handshake::hello::ServerChoice {
+                version,
+                version_name: name.into(),
+                cipher: 0x2f,
+                cipher_name: "TLS_RSA_WITH_AES_128_CBC_SHA".into(),
+                alpn: None,
+                hello_retry: false,
+            },
+            server_certificates: Vec::new(),
+            leaf_expires_in_days: days,
+            resumed: false,
+            timing: crate::handshake::Timing::default(),
+        }));
+        v
+    }
+
+    #[test]
+    fn weak_but_working_handshakes_are_warnings() {
+        let host = Host::detect(Some("h"));
+        let legacy = from_verdict(&completed(0x0301, "TLSv1.0", None), None, &host, POLICY)
+            .expect("TLS 1.0 warns");
+        assert_eq!(
+            (legacy.kind, legacy.severity, legacy.cause.as_str()),
+            (Kind::WeakHandshake, Severity::Warning, "legacy_tls_version")
+        );
+        assert!(legacy.message.contains("TLSv1.0"), "{}", legacy.message);
+        let expiring = from_verdict(&completed(0x0303, "TLSv1.2", Some(3)), None, &host, POLICY)
+            .expect("expiring warns");
+        assert_eq!(expiring.cause, "certificate_expiring");
+        assert!(
+            expiring.message.ends_with("expires in 3 days"),
+            "{}",
+            expiring.message
+        );
+        assert!(
+            from_verdict(&completed(0x0303, "TLSv1.2", Some(90)), None, &host, POLICY).is_none()
+        );
+        let quiet = WeakPolicy {
+            warn_legacy_versions: false,
+            expiry_warning_days: 0,
+        };
+        assert!(from_verdict(&completed(0x0301, "TLSv1.0", Some(3)), None, &host, quiet).is_none());
+    }
+
     #[test]
     fn plain_successes_and_plaintext_make_no_event() {
         let mut v = failed_verdict();
