@@ -16,7 +16,6 @@ use crate::{
     capture::{Capture, CaptureConfig, KernelCounters, process::Owners},
     config::{self, Config},
     event::{self, Host, WeakPolicy},
-    events::Role,
     filters,
     flows::FlowLimits,
     handshake::{DEFAULT_TLS_PORTS, HandshakeOutcome},
@@ -88,10 +87,7 @@ impl Daemon {
             cap.stop_flow(v.cookie);
         }
         if let (HandshakeOutcome::Completed(_), Some(c)) = (&v.outcome, &v.conn) {
-            let port = match c.role {
-                Role::Server => c.local.port(),
-                _ => c.peer.port(),
-            };
+            let port = c.server_port();
             cap.add_tls_port(port);
             self.judge.add_tls_port(port);
         }
@@ -162,10 +158,7 @@ impl Daemon {
             s.metrics
                 .alerts
                 .get_or_create(&crate::metrics::AlertLabels {
-                    kind: serde_json::to_value(ev.kind)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default(),
+                    kind: event::wire_name(&ev.kind),
                     cause: ev.cause.clone(),
                 })
                 .inc();

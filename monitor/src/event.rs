@@ -326,13 +326,13 @@ pub fn log_fields(ev: &Event) -> String {
     });
     format!(
         "kind={} cause={} process={} pid={} exe={} unit={} role={} peer_ip={} peer_port={} local_port={} sni={} alert={} sender={} stage={} count={} event_id={} message={:?}",
-        serde_plain(&ev.kind),
+        wire_name(&ev.kind),
         ev.cause,
         opt(p.map(|p| p.comm.as_str())),
         p.map_or("-".to_owned(), |p| p.pid.to_string()),
         opt(p.and_then(|p| p.exe.as_deref())),
         opt(p.and_then(|p| p.unit.as_deref())),
-        serde_plain(&ev.role),
+        wire_name(&ev.role),
         opt(ev.peer.as_ref().map(|e| e.ip.as_str())),
         ev.peer
             .as_ref()
@@ -350,7 +350,8 @@ pub fn log_fields(ev: &Event) -> String {
     )
 }
 
-fn serde_plain<T: Serialize>(v: &T) -> String {
+/// The name a unit enum variant has in documents (`handshake_failure`, `client`).
+pub fn wire_name<T: Serialize>(v: &T) -> String {
     match serde_json::to_value(v) {
         Ok(serde_json::Value::String(s)) => s,
         _ => "-".to_owned(),

@@ -118,6 +118,26 @@ impl CaptureEvent {
             CaptureEvent::Data(d) => d.cookie,
         }
     }
+
+    /// Kernel (monotonic) time of the event.
+    pub fn ts_ns(&self) -> u64 {
+        match self {
+            CaptureEvent::Open { ts_ns, .. }
+            | CaptureEvent::Lifecycle { ts_ns, .. }
+            | CaptureEvent::Owner { ts_ns, .. } => *ts_ns,
+            CaptureEvent::Data(d) => d.ts_ns,
+        }
+    }
+}
+
+impl ConnInfo {
+    /// The TLS server's port: ours when we accepted, the peer's otherwise.
+    pub fn server_port(&self) -> u16 {
+        match self.role {
+            Role::Server => self.local.port(),
+            _ => self.peer.port(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -198,12 +198,7 @@ impl FlowTable {
     /// Applies one event; returns the flow when it has finished (socket closed).
     pub fn apply(&mut self, ev: CaptureEvent) -> Option<Flow> {
         let cookie = ev.cookie();
-        let ts = match &ev {
-            CaptureEvent::Open { ts_ns, .. }
-            | CaptureEvent::Lifecycle { ts_ns, .. }
-            | CaptureEvent::Owner { ts_ns, .. } => *ts_ns,
-            CaptureEvent::Data(d) => d.ts_ns,
-        };
+        let ts = ev.ts_ns();
         if !self.flows.contains_key(&cookie) && self.flows.len() >= self.limits.max_flows {
             // Make room: the least recently active flow is finished as it stands.
             if let Some(oldest) = self

@@ -89,13 +89,13 @@ impl Judge {
     pub fn apply(&mut self, ev: CaptureEvent) -> Option<Verdict> {
         let cookie = ev.cookie();
         if let Some(last) = self.judged.get_mut(&cookie) {
-            *last = (*last).max(event_ns(&ev));
+            *last = (*last).max(ev.ts_ns());
             if is_final_close(&ev) {
                 self.judged.remove(&cookie);
             }
             return None;
         }
-        let ts = event_ns(&ev);
+        let ts = ev.ts_ns();
         let offset = self.unix_offset_ns;
         if let Some(flow) = self.table.apply(ev) {
             feed(&mut self.fed, &self.tls_ports, offset, &flow, ts);
@@ -200,7 +200,7 @@ fn feed<'a>(
             || flow
                 .conn
                 .as_ref()
-                .is_some_and(|c| tls_ports.contains(&server_port(c))),
+                .is_some_and(|c| tls_ports.contains(&c.server_port())),
     };
     let fed = all.entry(flow.cookie).or_insert_with(|| {
         let mut conn = Connection::new(meta);
@@ -250,22 +250,6 @@ fn party(role: Role, d: Direction) -> Party {
         (Role::Server, Direction::Ingress) | (Role::Client | Role::Unknown, Direction::Egress) => {
             Party::Client
         }
-    }
-}
-
-fn server_port(c: &ConnInfo) -> u16 {
-    match c.role {
-        Role::Server => c.local.port(),
-        _ => c.peer.port(),
-    }
-}
-
-fn event_ns(ev: &CaptureEvent) -> u64 {
-    match ev {
-        CaptureEvent::Open { ts_ns, .. }
-        | CaptureEvent::Lifecycle { ts_ns, .. }
-        | CaptureEvent::Owner { ts_ns, .. } => *ts_ns,
-        CaptureEvent::Data(d) => d.ts_ns,
     }
 }
 

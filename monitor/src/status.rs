@@ -24,7 +24,7 @@ use crate::{
     capture::KernelCounters,
     config::Listen,
     metrics::Metrics,
-    store::{self, FailureQuery, TopBy},
+    store::{self, FailureQuery, TopBy, now_ms},
 };
 
 /// What the daemon loop shares with the endpoint.
@@ -186,12 +186,6 @@ pub struct StatusDoc {
     pub last_1h: TopLists,
     /// The newest alerts (documents), up to 10.
     pub recent: Vec<serde_json::Value>,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn server_error(e: impl std::fmt::Display) -> Response {

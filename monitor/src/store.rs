@@ -16,7 +16,10 @@ use std::{
 
 use rusqlite::{Connection, OpenFlags, params, params_from_iter};
 
-use crate::{alerts::Update, event::Event};
+use crate::{
+    alerts::Update,
+    event::{Event, wire_name},
+};
 
 /// Ordered migrations; `user_version` = how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -221,19 +224,15 @@ pub fn apply(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<u64> {
 
 fn alert_row(ev: &Event) -> impl rusqlite::Params + '_ {
     let p = ev.process.as_ref();
-    let plain = |v: serde_json::Result<serde_json::Value>| match v {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => String::new(),
-    };
     params_from_iter([
         rusqlite::types::Value::from(ev.event_id.clone()),
-        plain(serde_json::to_value(ev.kind)).into(),
-        plain(serde_json::to_value(ev.severity)).into(),
+        wire_name(&ev.kind).into(),
+        wire_name(&ev.severity).into(),
         ev.cause.clone().into(),
         p.map(|p| p.comm.clone()).into(),
         p.and_then(|p| p.exe.clone()).into(),
         p.map(|p| i64::from(p.pid)).into(),
-        plain(serde_json::to_value(ev.role)).into(),
+        wire_name(&ev.role).into(),
         ev.local.as_ref().map(|e| e.ip.clone()).into(),
         ev.local.as_ref().map(|e| i64::from(e.port)).into(),
         ev.peer.as_ref().map(|e| e.ip.clone()).into(),
@@ -338,7 +337,8 @@ impl Writer {
     }
 }
 
-fn now_ms() -> u64 {
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
