@@ -3,6 +3,7 @@
 # RUSTUP_AUTO_INSTALL=0). A second run only checks and takes seconds.
 #   scripts/setup.sh run    toolchains + bpf-linker (to build and run the daemon)
 #   scripts/setup.sh test   the same + the programs the tests drive (openssl, curl, nginx, ...)
+#   scripts/setup.sh deb    the same as run + cargo-deb
 #   scripts/setup.sh fuzz   the same as run + cargo-fuzz
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 if [ "$PURPOSE" = test ]; then
   need=()
   for pair in openssl:openssl tcpdump:tcpdump tshark:tshark nginx:nginx-light curl:curl ip:iproute2 \
-              python3:python3 mosquitto:mosquitto systemd-analyze:systemd; do
+              python3:python3 mosquitto:mosquitto systemd-analyze:systemd fail2ban-regex:fail2ban \
+              gzip:gzip unshare:util-linux; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
   done
   if [ ${#need[@]} -gt 0 ]; then
@@ -29,7 +31,7 @@ if [ "$PURPOSE" = test ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
     # The Debian packages start their services; the tests run their own instances.
-    systemctl disable --now nginx mosquitto >/dev/null 2>&1 || true
+    systemctl disable --now nginx mosquitto fail2ban >/dev/null 2>&1 || true
   fi
 fi
 
@@ -47,6 +49,10 @@ if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER"; then
   ln -sf "$sysroot/lib/$LLVM_SONAME" "$prefix/lib/$LLVM_SONAME"
   say "building bpf-linker $BPF_LINKER (about 80 s)"
   LLVM_PREFIX="$prefix" cargo +"$NIGHTLY" install bpf-linker --version "$BPF_LINKER" --locked --quiet
+fi
+if { [ "$PURPOSE" = test ] || [ "$PURPOSE" = deb ]; } && ! cargo deb --version >/dev/null 2>&1; then
+  say "building cargo-deb (about 45 s)"
+  cargo +"$STABLE" install cargo-deb --version 3.8.0 --locked --quiet
 fi
 if [ "$PURPOSE" = fuzz ] && ! cargo fuzz --version >/dev/null 2>&1; then
   say "building cargo-fuzz (about 60 s)"

@@ -739,18 +739,26 @@ pub fn tlsmon_reader(ctx: BtfTracePointContext) -> i32 {
     }
     // SAFETY: storage returned by the kernel for this socket.
     let st = unsafe { &mut *st };
+    adopt_owner(st);
+    0
+}
+
+/// Names the socket's owner from the current task, once. Only called where the kernel runs
+/// in the context of a process holding the socket (its read, its close).
+#[inline(always)]
+fn adopt_owner(st: &mut SockState) {
     if st.flags & F_OWNER_KNOWN != 0 {
-        return 0;
+        return;
     }
     let owner = current_owner();
     if owner.tgid == 0 {
-        return 0;
+        return;
     }
     st.owner = owner;
     st.flags |= F_OWNER_KNOWN;
     if owner.tgid == global(&TLSMON_SELF_TGID) {
         st.mode = MODE_IGNORE;
-        return 0;
+        return;
     }
     if st.flags & F_OPEN_REPORTED != 0 {
         output(&OwnerEvent {
@@ -758,7 +766,6 @@ pub fn tlsmon_reader(ctx: BtfTracePointContext) -> i32 {
             owner,
         });
     }
-    0
 }
 
 // ---- lifecycle ----------------------------------------------------------------------------
@@ -795,6 +802,13 @@ pub fn tlsmon_state(ctx: BtfTracePointContext) -> i32 {
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
     if let Some(st) = reported_state(sk) {
+        // ESTABLISHED -> FIN_WAIT1 and CLOSE_WAIT -> LAST_ACK happen only in close(2) or
+        // shutdown(2): names a server that closes without reading.
+        if new == i32::from(monitor_common::tcp_state::FIN_WAIT1)
+            || new == i32::from(monitor_common::tcp_state::LAST_ACK)
+        {
+            adopt_owner(st);
+        }
         let cookie = st.cookie;
         emit_close(cookie, close_reason::STATE, old as u8, new as u8);
         if new == i32::from(monitor_common::tcp_state::CLOSE) {

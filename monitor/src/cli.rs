@@ -10,12 +10,43 @@ use crate::capture::CaptureConfig;
 #[command(
     name = "tlsmon",
     version,
-    about = "Which process failed a TLS handshake with which peer, and why"
+    about = "Which process failed a TLS handshake with which peer, and why",
+    long_about = "tlsmon captures the TLS handshakes of every TCP connection on the host \
+(eBPF cgroup_skb, no syscall hooks), names the process and the peer of each failure and \
+says why it failed in plain words: the alert, who sent it, at which stage, what the client \
+offered and the server chose, and what is wrong with the certificate.",
+    after_long_help = AFTER_HELP
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// Files, signals and examples: the end of `--help` and the man page.
+pub const AFTER_HELP: &str = "\
+Files:
+  /etc/tlsmon/tlsmon.toml    configuration (every key optional; tlsmon check-config)
+  /var/lib/tlsmon/tlsmon.db  SQLite history of alerts (WAL; store.retention_days)
+  127.0.0.1:9464             status endpoint: /v1/status /v1/failures /metrics /healthz /readyz
+
+Signals (tlsmon run):
+  SIGHUP           re-read the configuration: filters, alert thresholds, TLS ports, retention
+  SIGTERM, SIGINT  stop: detach the probes, flush the database, exit 0
+
+Logs:
+  one warn line per alert, target tlsmon::alert, in a stable key=value form:
+  kind= cause= process= pid= exe= unit= role= peer_ip= peer_port= local_port= sni=
+  alert=code/name sender= stage= count= event_id= message=\"...\"
+  TLSMON_LOG sets the level (error, warn, info, debug; tracing filter syntax).
+
+Exit status: 0 success, 1 error (bad configuration: file:line:column and key), 2 analyze
+could not read its input.
+
+Examples:
+  tlsmon status
+  tlsmon failures --since 1h --process nginx --peer 10.0.0.0/8
+  tlsmon analyze capture.pcap --failures
+  systemctl reload tlsmon";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -32,6 +63,29 @@ pub enum Command {
     Trace(TraceArgs),
     /// Diagnose every TLS handshake in a pcap or pcapng file (no root needed).
     Analyze(AnalyzeArgs),
+    /// Print the manual page (roff) to stdout; the package installs it as tlsmon(8).
+    #[command(hide = true)]
+    Man,
+}
+
+/// The manual page, generated from this command line so it cannot drift from `--help`.
+pub fn man_page() -> std::io::Result<Vec<u8>> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let mut out = Vec::new();
+    clap_mangen::Man::new(cmd.clone())
+        .section("8")
+        .render(&mut out)?;
+    // One section per command, so `man tlsmon` documents every flag.
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("tlsmon {}", sub.get_name());
+        out.extend_from_slice(format!(".SH \"{}\"\n", name.to_uppercase()).as_bytes());
+        let sub = sub.clone().bin_name(name);
+        let man = clap_mangen::Man::new(sub);
+        man.render_synopsis_section(&mut out)?;
+        man.render_description_section(&mut out)?;
+        man.render_options_section(&mut out)?;
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Args)]

@@ -15,6 +15,15 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// GET `path` from the endpoint; the body of a 200 answer.
 pub fn get(listen: &Listen, path: &str) -> anyhow::Result<String> {
+    let (code, body) = get_with_status(listen, path)?;
+    if code != 200 {
+        bail!("the endpoint answered {code}: {}", body.trim());
+    }
+    Ok(body)
+}
+
+/// GET `path` from the endpoint: (status code, body).
+pub fn get_with_status(listen: &Listen, path: &str) -> anyhow::Result<(u16, String)> {
     let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     let mut raw = Vec::new();
     let hint = "is the daemon running? (systemctl status tlsmon)";
@@ -42,11 +51,12 @@ pub fn get(listen: &Listen, path: &str) -> anyhow::Result<String> {
     let (head, body) = text
         .split_once("\r\n\r\n")
         .context("the endpoint's answer is not HTTP")?;
-    let code = head.split(' ').nth(1).unwrap_or("?");
-    if code != "200" {
-        bail!("the endpoint answered {code}: {}", body.trim());
-    }
-    Ok(body.to_owned())
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("the endpoint's answer has no status code")?;
+    Ok((code, body.to_owned()))
 }
 
 fn s<'a>(v: &'a Value, ptr: &str) -> &'a str {

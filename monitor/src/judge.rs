@@ -104,7 +104,10 @@ impl Judge {
         }
         let flow = self.table.get(cookie)?;
         let fed = feed(&mut self.fed, &self.tls_ports, offset, flow, ts)?;
-        if !settled(&fed.conn.outcome()) {
+        // A server's socket is named by the first read of its process, which can come after
+        // the bytes that settle the outcome (plaintext sent to a TLS port): wait for the name,
+        // or judge at close.
+        if !settled(&fed.conn.outcome()) || flow.owner.is_none() {
             return None;
         }
         let flow = self.table.remove(cookie)?;
@@ -280,7 +283,17 @@ mod tests {
                 peer: peer.parse().unwrap(),
                 socket_cgroup_id: 1,
             },
-            owner: None,
+            // As the kernel reports them: clients are named at connect, servers later.
+            owner: (role == Role::Client).then(|| owner("curl")),
+        }
+    }
+
+    fn owner(comm: &str) -> KernelOwner {
+        KernelOwner {
+            tgid: 42,
+            pid: 42,
+            cgroup_id: 1,
+            comm: comm.into(),
         }
     }
 
@@ -372,6 +385,30 @@ mod tests {
         let v = &verdicts[0];
         let d = v.outcome.diagnosis().expect("failed");
         assert_eq!(d.cause, Cause::PlaintextToTlsPort);
+    }
+
+    #[test]
+    fn a_settled_server_side_waits_for_its_process_name() {
+        let mut j = Judge::new(FlowLimits::default(), vec![8443]);
+        j.apply(open(Role::Server, "127.0.0.1:8443", "127.0.0.1:40000"));
+        // The plaintext settles the outcome before the server process has read anything.
+        assert!(
+            j.apply(data(Direction::Ingress, 100, b"GET / HTTP/1.1\r\n", true))
+                .is_none()
+        );
+        let v = j
+            .apply(CaptureEvent::Owner {
+                cookie: COOKIE,
+                ts_ns: 3_000,
+                owner: owner("nginx"),
+            })
+            .expect("judged once named");
+        assert!(v.early);
+        assert_eq!(v.owner.map(|o| o.comm).as_deref(), Some("nginx"));
+        assert_eq!(
+            v.outcome.diagnosis().map(|d| d.cause),
+            Some(Cause::PlaintextToTlsPort)
+        );
     }
 
     #[test]

@@ -26,6 +26,11 @@ fn main() -> std::process::ExitCode {
     }
     // Commands that only read a file or ask the running daemon.
     let quick = match &cli.command {
+        Command::Man => Some(
+            tlsmon::cli::man_page()
+                .and_then(|m| std::io::Write::write_all(&mut std::io::stdout(), &m))
+                .map_err(anyhow::Error::from),
+        ),
         Command::CheckConfig(c) => {
             Some(tlsmon::daemon::check_config(c.config.as_deref()).map(|t| print!("{t}")))
         }
@@ -67,7 +72,8 @@ fn main() -> std::process::ExitCode {
             Command::Analyze(_)
             | Command::Status(_)
             | Command::Failures(_)
-            | Command::CheckConfig(_) => Ok(()),
+            | Command::CheckConfig(_)
+            | Command::Man => Ok(()),
         }
     });
     match result {

@@ -321,6 +321,40 @@ async fn failures(
 mod tests {
     use super::*;
 
+    /// `/readyz` over a real socket: 503 with the reason until the probes are attached.
+    #[test]
+    fn readyz_answers_503_until_the_probes_are_attached() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let _in_runtime = rt.enter();
+        let shared = Arc::new(Shared::new(PathBuf::from("/nonexistent.db"), String::new()));
+        let listen = Listen::Tcp("127.0.0.1:0".parse().expect("addr"));
+        let bound = rt.block_on(bind(&listen)).expect("bind");
+        let addr: Listen = bound.local().parse().expect("bound address");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = rt.spawn(bound.serve(router(shared.clone()), async {
+            let _ = stop_rx.await;
+        }));
+        let get = |path: &'static str| {
+            let addr = addr.clone();
+            rt.block_on(tokio::task::spawn_blocking(move || {
+                crate::client::get_with_status(&addr, path)
+            }))
+            .expect("join")
+            .expect("GET")
+        };
+        assert_eq!(get("/healthz").0, 200);
+        let (code, body) = get("/readyz");
+        assert_eq!(code, 503);
+        assert!(body.contains("not attached"), "{body}");
+        shared.ready.store(true, Ordering::Relaxed);
+        assert_eq!(get("/readyz"), (200, "ready\n".to_owned()));
+        let _ = stop_tx.send(());
+        rt.block_on(server).expect("join").expect("serve");
+    }
+
     #[test]
     fn since_accepts_durations_and_unix_ms() {
         assert_eq!(parse_since("90s", 100_000), Ok(10_000));

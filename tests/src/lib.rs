@@ -172,6 +172,38 @@ pub fn openssl_server(pki: &TempDir, addr: SocketAddr, extra: &[&str]) -> Bg {
     server
 }
 
+/// nginx serving TLS on 127.0.0.1:`port` with the certificate of `pki` and extra `server`
+/// directives (`ssl_protocols TLSv1.3;`); waits until it listens.
+pub fn nginx_tls(pki: &TempDir, port: u16, directives: &str) -> Bg {
+    let dir = pki.path();
+    let conf = dir.join(format!("nginx-{port}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 2;\npid {d}/nginx-{port}.pid;\nerror_log {d}/error-{port}.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{ access_log off; server {{ listen 127.0.0.1:{port} ssl;\n\
+             ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem; {directives}\n\
+             location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+            d = dir.display()
+        ),
+    )
+    .expect("write nginx.conf");
+    let nginx = spawn(
+        Command::new("nginx")
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(&conf)
+            .args(["-g", "daemon off;"]),
+    );
+    wait_listening(
+        format!("127.0.0.1:{port}").parse().expect("addr"),
+        Duration::from_secs(10),
+    );
+    nginx
+}
+
 /// `openssl s_client` to `addr` with extra arguments, stdin closed; returns success.
 pub fn openssl_client(addr: SocketAddr, extra: &[&str]) -> bool {
     run_bounded(
@@ -457,13 +489,18 @@ impl Daemon {
         )
     }
 
-    /// Starts the daemon; returns once `/readyz` answers 200 (bounded).
+    /// Starts the daemon under test; returns once `/readyz` answers 200 (bounded).
     pub fn start(extra: &str) -> Daemon {
+        Self::start_bin(&tlsmon_bin(), extra)
+    }
+
+    /// Starts `bin run` (the binary under test, or one a package installed).
+    pub fn start_bin(bin: &Path, extra: &str) -> Daemon {
         let dir = TempDir::new("daemon");
         let endpoint: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let cfg = dir.path().join("tlsmon.toml");
         std::fs::write(&cfg, Self::config_text(&dir, endpoint, extra)).expect("write config");
-        let mut child = Command::new(tlsmon_bin())
+        let mut child = Command::new(bin)
             .arg("run")
             .arg("--config")
             .arg(&cfg)

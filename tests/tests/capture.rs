@@ -215,31 +215,10 @@ fn plain_http_to_an_ordinary_port_costs_no_record() {
 fn nginx_worker_that_answers_is_attributed() {
     let pki = self_signed_cert();
     let port = free_port();
-    let dir = pki.path();
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "worker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{ access_log off; server {{ listen 127.0.0.1:{port} ssl;\n\
-             ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;\n\
-             location / {{ return 200 \"ok\\n\"; }} }} }}\n",
-            d = dir.display()
-        ),
-    )
-    .expect("write nginx.conf");
     let tracer = Tracer::start(&[]);
-    let _nginx = spawn(
-        Command::new("nginx")
-            .arg("-p")
-            .arg(dir)
-            .arg("-c")
-            .arg(&conf)
-            .args(["-g", "daemon off;"]),
-    );
+    let _nginx = nginx_tls(&pki, port, "");
     let server_addr = addr(&format!("127.0.0.1:{port}"));
-    wait_listening(server_addr, Duration::from_secs(10));
+
     let (ok, body) = run_bounded(
         Command::new("curl").args([
             "-sSk",

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask build | run | test | fixtures`.
+//! Project tasks: `cargo xtask build | run | test | deb | bench | fuzz | fixtures`.
 //!
 //! `./x` (the README's entry point) installs toolchains and test programs first, then calls
 //! this. Every step prints what it runs; the first failing step ends the task non-zero.
@@ -40,6 +40,8 @@ enum Cmd {
         #[arg(long)]
         filter: Option<String>,
     },
+    /// Build the Debian package (cargo-deb): target/debian/tlsmon_*.deb.
+    Deb,
     /// Benchmarks; reports ratios measured side by side in one run.
     Bench {
         #[command(subcommand)]
@@ -149,6 +151,42 @@ fn build() -> Result<PathBuf> {
     Ok(root().join("target/release/tlsmon"))
 }
 
+/// Builds the .deb: the release binary with its eBPF object, the man page generated from
+/// the command line, then `cargo deb --no-build`. Returns the package's path.
+fn deb() -> Result<PathBuf> {
+    let bin = build()?;
+    let man = Command::new(&bin)
+        .arg("man")
+        .output()
+        .context("tlsmon man")?;
+    if !man.status.success() {
+        bail!(
+            "tlsmon man failed: {}",
+            String::from_utf8_lossy(&man.stderr)
+        );
+    }
+    let dir = root().join("target/release/man");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("tlsmon.8"), &man.stdout)?;
+    // -n: no name or timestamp in the header, so the package is reproducible.
+    run(Command::new("gzip").args(["-9nf", "target/release/man/tlsmon.8"]))?;
+    let out = cargo()
+        .args(["deb", "-p", "monitor", "--no-build"])
+        .current_dir(root())
+        .output();
+    let out = match out {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => bail!(
+            "cargo deb failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => bail!("cannot run cargo deb ({e}): `./x deb` installs cargo-deb"),
+    };
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    println!("xtask: built {path}");
+    Ok(PathBuf::from(path))
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -168,14 +206,17 @@ fn test(unit_only: bool, filter: Option<String>) -> Result<()> {
     if !is_root() {
         bail!("the end-to-end tests load eBPF programs and need root: run `sudo ./x test`");
     }
-    let bin = build()?;
+    // The package is built (and with it the release binary) so the tests can install it.
+    let deb = deb()?;
+    let bin = root().join("target/release/tlsmon");
     let mut e2e = cargo();
     e2e.args(["test", "--release", "-p", "tlsmon-e2e", "--tests", "--"]);
     if let Some(f) = filter {
         e2e.arg(f);
     }
     e2e.args(["--include-ignored", "--test-threads=1"])
-        .env("TLSMON_BIN", bin);
+        .env("TLSMON_BIN", bin)
+        .env("TLSMON_DEB", deb);
     run_tests(&mut e2e, &mut tally)?;
     // The plain closing line: unit and privileged tests together.
     println!("xtask: {} passed, {} failed", tally.passed, tally.failed);
@@ -210,6 +251,7 @@ fn fuzz(secs: u32) -> Result<()> {
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Build => build().map(drop),
+        Cmd::Deb => deb().map(drop),
         Cmd::Run { args } => {
             let bin = build()?;
             run(Command::new(bin).arg("run").args(args))
