@@ -11,6 +11,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 mod bench_analyze;
+mod bench_daemon;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -68,6 +69,15 @@ enum Bench {
         /// Interleaved rounds (the median is reported).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+    },
+    /// The daemon (root, eBPF attached) under a storm of failing handshakes on loopback.
+    Daemon {
+        /// Target connections per second.
+        #[arg(long, default_value_t = 5000)]
+        rate: u32,
+        /// Storm duration in seconds.
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
     },
 }
 
@@ -267,6 +277,16 @@ fn main() -> Result<()> {
                 &root().join("target/release/tlsmon"),
                 rounds.max(1),
             )?;
+            println!("xtask: {report}");
+            Ok(())
+        }
+        Cmd::Bench {
+            what: Bench::Daemon { rate, secs },
+        } => {
+            if !is_root() {
+                bail!("the daemon bench loads eBPF programs and needs root");
+            }
+            let report = bench_daemon::run(&build()?, rate.max(1), secs.max(1))?;
             println!("xtask: {report}");
             Ok(())
         }
