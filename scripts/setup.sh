@@ -20,7 +20,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 if [ "$PURPOSE" = test ]; then
   need=()
   for pair in openssl:openssl tcpdump:tcpdump tshark:tshark nginx:nginx-light curl:curl ip:iproute2 \
-              python3:python3 mosquitto:mosquitto systemd-analyze:systemd fail2ban-regex:fail2ban \
+              python3:python3 mosquitto:mosquitto mosquitto_sub:mosquitto-clients systemd-analyze:systemd fail2ban-regex:fail2ban \
               gzip:gzip unshare:util-linux; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
   done

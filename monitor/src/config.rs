@@ -24,15 +24,158 @@ pub struct Config {
     pub alerts: AlertConfig,
     pub store: StoreConfig,
     pub status: StatusConfig,
+    pub mqtt: MqttConfig,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HostConfig {
+    /// Host id in events and MQTT topics (default: /etc/machine-id).
+    pub id: Option<TopicLevel>,
     /// Name in events (default: the kernel's hostname).
     pub name: Option<String>,
-    /// Site label for fleet aggregation.
-    pub site: Option<String>,
+    /// Site label for fleet aggregation (MQTT topic level; default "default").
+    pub site: Option<TopicLevel>,
+}
+
+/// One level of an MQTT topic: not empty, no `/`, `+`, `#` or control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicLevel(pub String);
+
+impl FromStr for TopicLevel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.is_empty() || s.len() > 128 {
+            return Err(format!("must be 1 to 128 characters, got {s:?}"));
+        }
+        if s.contains(['/', '+', '#']) || s.chars().any(char::is_control) {
+            return Err(format!(
+                "{s:?} cannot be an MQTT topic level (no '/', '+', '#' or control characters)"
+            ));
+        }
+        Ok(TopicLevel(s.to_owned()))
+    }
+}
+
+impl<'de> Deserialize<'de> for TopicLevel {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
+    }
+}
+
+/// Publishing to an MQTT broker (off without `broker`; restart needed).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// `mqtt://host:1883` (TCP) or `mqtts://host:8883` (TLS); none = MQTT off.
+    pub broker: Option<Broker>,
+    /// First topic level: `<prefix>/v1/<site>/<host>/events`.
+    pub prefix: TopicLevel,
+    /// Default: `tlsmon-<host id>`.
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// The password in a file of its own (first line), instead of `password`.
+    pub password_file: Option<PathBuf>,
+    /// PEM CA certificates for mqtts:// (default: the system's roots).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate and key for mqtts:// client authentication.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub keepalive_secs: Bounded<5, 3600>,
+    /// The outbox keeps at most this many unpublished events; beyond it the oldest are
+    /// dropped and a gap record says how many and from when.
+    pub outbox_max_events: Bounded<100, 100_000_000>,
+    /// Unpublished events older than this are dropped the same way.
+    pub outbox_max_age_hours: Bounded<1, 87_600>,
+    /// Period of the summary (counters per process and cause).
+    pub summary_interval_secs: Bounded<5, 86_400>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            broker: None,
+            prefix: TopicLevel("tlsmon".into()),
+            client_id: None,
+            username: None,
+            password: None,
+            password_file: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            keepalive_secs: Bounded(30),
+            outbox_max_events: Bounded(1_000_000),
+            outbox_max_age_hours: Bounded(168),
+            summary_interval_secs: Bounded(60),
+        }
+    }
+}
+
+/// An MQTT broker address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broker {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for Broker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        write!(f, "{scheme}://{}:{}", self.host, self.port)
+    }
+}
+
+impl FromStr for Broker {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (tls, rest) = match s.split_once("://") {
+            Some(("mqtt" | "tcp", r)) => (false, r),
+            Some(("mqtts" | "ssl" | "tls", r)) => (true, r),
+            _ => {
+                return Err(format!(
+                    "expected mqtt://host:port or mqtts://host:port, got {s:?}"
+                ));
+            }
+        };
+        let rest = rest.trim_end_matches('/');
+        let default_port = if tls { 8883 } else { 1883 };
+        // [v6]:port, host:port, or host alone.
+        let (host, port) = if let Some(r) = rest.strip_prefix('[') {
+            let (h, after) = r
+                .split_once(']')
+                .ok_or_else(|| format!("unclosed '[' in {s:?}"))?;
+            (h, after.strip_prefix(':'))
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest, None),
+            }
+        };
+        if host.is_empty() || host.contains(['/', '@', ' ']) {
+            return Err(format!("no usable host in {s:?}"));
+        }
+        let port = match port {
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("bad port in {s:?}"))?,
+            None => default_port,
+        };
+        Ok(Broker {
+            tls,
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Broker {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
+    }
 }
 
 /// Kernel capture settings (need a restart).
@@ -317,6 +460,34 @@ pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
             ),
         ));
     }
+    let m = &cfg.mqtt;
+    let tls_only = [
+        ("ca_file", m.ca_file.is_some()),
+        ("cert_file", m.cert_file.is_some()),
+    ];
+    if let Some((key, _)) = tls_only
+        .iter()
+        .find(|(_, set)| *set && m.broker.as_ref().is_some_and(|b| !b.tls))
+    {
+        return Err(invalid(
+            text.find(key).unwrap_or(0),
+            format!("mqtt.{key} needs a TLS broker (mqtts://)"),
+        ));
+    }
+    if m.cert_file.is_some() != m.key_file.is_some() {
+        return Err(invalid(
+            text.find("cert_file")
+                .or_else(|| text.find("key_file"))
+                .unwrap_or(0),
+            "mqtt.cert_file and mqtt.key_file go together".into(),
+        ));
+    }
+    if m.password.is_some() && m.password_file.is_some() {
+        return Err(invalid(
+            text.find("password_file").unwrap_or(0),
+            "mqtt.password and mqtt.password_file: set one".into(),
+        ));
+    }
     Ok(cfg)
 }
 
@@ -364,6 +535,9 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.host != new.host {
         v.push("host");
     }
+    if old.mqtt != new.mqtt {
+        v.push("mqtt");
+    }
     v
 }
 
@@ -378,6 +552,37 @@ mod tests {
         parse(text, "/etc/tlsmon/tlsmon.toml")
             .expect_err("must be refused")
             .to_string()
+    }
+
+    #[test]
+    fn mqtt_brokers_parse_with_default_ports_and_bad_ones_name_the_line() {
+        let b = |s: &str| s.parse::<Broker>();
+        assert_eq!(
+            b("mqtt://127.0.0.1"),
+            Ok(Broker {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 1883
+            })
+        );
+        assert_eq!(b("mqtts://broker.example:9883").map(|b| b.port), Ok(9883));
+        assert_eq!(b("mqtts://broker.example").map(|b| b.port), Ok(8883));
+        assert_eq!(b("mqtt://[::1]:1884").map(|b| b.host), Ok("::1".into()));
+        for bad in [
+            "http://x",
+            "mqtt://",
+            "mqtt://h:0",
+            "mqtt://h:70000",
+            "broker:1883",
+        ] {
+            assert!(b(bad).is_err(), "{bad}");
+        }
+        let e = err("[mqtt]\nbroker = \"mqtt://h\"\nca_file = \"/ca.pem\"\n");
+        assert!(e.contains(":3:1: mqtt.ca_file needs a TLS broker"), "{e}");
+        let e = err("[mqtt]\nprefix = \"a/b\"\n");
+        assert!(e.contains(":2:") && e.contains("MQTT topic level"), "{e}");
+        let e = err("[mqtt]\ncert_file = \"/c.pem\"\n");
+        assert!(e.contains("go together"), "{e}");
     }
 
     #[test]

@@ -178,6 +178,9 @@ impl Daemon {
         let st = &self.writer.stats;
         raise_to(&m.events_stored, st.alerts_inserted.load(Ordering::Relaxed));
         raise_to(&m.store_errors, st.write_errors.load(Ordering::Relaxed));
+        if let Some(p) = self.shared.mqtt.lock().ok().and_then(|g| g.clone()) {
+            raise_to(&m.events_published, p.acked.load(Ordering::Relaxed));
+        }
         m.open_connections.set(self.judge.open_connections() as i64);
         if k.ring_drops > self.last_kernel.ring_drops {
             // Lost records are an event of their own: what was seen may be incomplete.
@@ -233,13 +236,35 @@ pub async fn run(cfg: Config, origin: Origin) -> anyhow::Result<()> {
     let server = tokio::spawn(bound.serve(status::router(shared.clone()), async move {
         let _ = stop_rx.await;
     }));
+    let host = Host::detect(
+        cfg.host.id.as_ref().map(|i| i.0.as_str()),
+        cfg.host.name.as_deref(),
+    );
+    let mqtt = crate::mqtt::Settings::from_config(&cfg, &host)?;
     let writer = Writer::start(
         &cfg.store.path,
         Retention {
             max_age_ms: cfg.store.retention_days.get() * 86_400_000,
             max_bytes: cfg.store.max_mb.get() * 1024 * 1024,
         },
+        mqtt.as_ref().map(|_| crate::outbox::OutboxPolicy {
+            max_events: cfg.mqtt.outbox_max_events.get(),
+            max_age_ms: cfg.mqtt.outbox_max_age_hours.get() * 3_600_000,
+            host: host.clone(),
+        }),
     )?;
+    let publisher = mqtt.map(|settings| {
+        tracing::info!(broker = %settings.broker, topic = %settings.topics.events, "publishing to MQTT");
+        crate::mqtt::Publisher::start(
+            settings,
+            cfg.store.path.clone(),
+            writer.tx.clone(),
+            shared.clone(),
+        )
+    });
+    if let (Some(p), Ok(mut m)) = (&publisher, shared.mqtt.lock()) {
+        *m = Some(p.stats.clone());
+    }
     let mut cap = Capture::start(&capture_config(&cfg))?;
     if let Ok(mut p) = shared.probes.lock() {
         *p = cap.attached.iter().map(|s| s.to_string()).collect();
@@ -255,7 +280,7 @@ pub async fn run(cfg: Config, origin: Origin) -> anyhow::Result<()> {
     let mut tls_ports = DEFAULT_TLS_PORTS.to_vec();
     tls_ports.extend(&cfg.capture.tls_ports);
     let mut d = Daemon {
-        host: Host::detect(cfg.host.name.as_deref()),
+        host,
         judge: Judge::new(
             FlowLimits {
                 bytes_per_direction: cfg.capture.direction_budget.get() as usize,
@@ -350,6 +375,11 @@ pub async fn run(cfg: Config, origin: Origin) -> anyhow::Result<()> {
         .try_send(Write::Counter("ring_drops", d.last_kernel.ring_drops));
     if !d.writer.flush(Duration::from_secs(10)) {
         tracing::error!("the store did not confirm the last writes within 10 s");
+    }
+    if let Some(p) = publisher {
+        // `offline` on the status topic; what is not acknowledged stays in the outbox.
+        p.stop(Duration::from_secs(5)).await;
+        let _ = d.writer.flush(Duration::from_secs(10));
     }
     d.writer.close();
     let _ = stop_tx.send(());

@@ -26,7 +26,7 @@ pub struct Host {
 
 impl Host {
     /// The configured name or the kernel's hostname; the machine id.
-    pub fn detect(name: Option<&str>) -> Host {
+    pub fn detect(id: Option<&str>, name: Option<&str>) -> Host {
         let read = |p: &str| {
             std::fs::read_to_string(p)
                 .ok()
@@ -37,7 +37,10 @@ impl Host {
             .map(str::to_owned)
             .or_else(|| read("/proc/sys/kernel/hostname"))
             .unwrap_or_else(|| "localhost".to_owned());
-        let id = read("/etc/machine-id").unwrap_or_else(|| name.clone());
+        let id = id
+            .map(str::to_owned)
+            .or_else(|| read("/etc/machine-id"))
+            .unwrap_or_else(|| name.clone());
         Host { id, name }
     }
 }
@@ -442,7 +445,7 @@ mod tests {
 
     #[test]
     fn log_line_is_stable_key_value_with_the_peer_ip() {
-        let host = Host::detect(Some("h"));
+        let host = Host::detect(None, Some("h"));
         let ev = from_verdict(&failed_verdict(), Some(&curl()), &host, POLICY).unwrap();
         let line = log_fields(&ev);
         assert!(
@@ -476,7 +479,7 @@ mod tests {
 
     #[test]
     fn weak_but_working_handshakes_are_warnings() {
-        let host = Host::detect(Some("h"));
+        let host = Host::detect(None, Some("h"));
         let legacy = from_verdict(&completed(0x0301, "TLSv1.0", None), None, &host, POLICY)
             .expect("TLS 1.0 warns");
         assert_eq!(
@@ -506,6 +509,6 @@ mod tests {
     fn plain_successes_and_plaintext_make_no_event() {
         let mut v = failed_verdict();
         v.outcome = HandshakeOutcome::Undecided;
-        assert!(from_verdict(&v, None, &Host::detect(None), POLICY).is_none());
+        assert!(from_verdict(&v, None, &Host::detect(None, None), POLICY).is_none());
     }
 }

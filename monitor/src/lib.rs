@@ -18,6 +18,8 @@ pub mod flows;
 pub mod handshake;
 pub mod judge;
 pub mod metrics;
+pub mod mqtt;
+pub mod outbox;
 pub mod reassembly;
 pub mod records;
 pub mod status;

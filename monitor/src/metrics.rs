@@ -31,6 +31,7 @@ pub struct Metrics {
     pub ring_drops: Counter,
     pub budget_truncated_bytes: Counter,
     pub events_stored: Counter,
+    pub events_published: Counter,
     pub store_errors: Counter,
     pub filtered: Counter,
     pub open_connections: Gauge,
@@ -75,6 +76,12 @@ impl Metrics {
             "Alerts written to the SQLite store",
             events_stored.clone(),
         );
+        let events_published = Counter::default();
+        registry.register(
+            "events_published",
+            "Outbox records (alerts, gap records) the MQTT broker acknowledged",
+            events_published.clone(),
+        );
         let store_errors = Counter::default();
         registry.register(
             "store_errors",
@@ -100,6 +107,7 @@ impl Metrics {
             ring_drops,
             budget_truncated_bytes,
             events_stored,
+            events_published,
             store_errors,
             filtered,
             open_connections,

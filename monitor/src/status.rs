@@ -41,6 +41,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub db: PathBuf,
     pub config: String,
+    /// The MQTT publisher's counters, when one runs.
+    pub mqtt: Mutex<Option<Arc<crate::mqtt::MqttStats>>>,
 }
 
 impl Shared {
@@ -58,6 +60,7 @@ impl Shared {
             metrics: Metrics::new(),
             db,
             config,
+            mqtt: Mutex::new(None),
         }
     }
 }
@@ -186,6 +189,17 @@ pub struct StatusDoc {
     pub last_1h: TopLists,
     /// The newest alerts (documents), up to 10.
     pub recent: Vec<serde_json::Value>,
+    /// The MQTT publisher, when configured.
+    pub mqtt: Option<MqttStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MqttStatus {
+    pub connected: bool,
+    pub published: u64,
+    pub acked: u64,
+    pub connects: u64,
+    pub last_error: Option<String>,
 }
 
 fn server_error(e: impl std::fmt::Display) -> Response {
@@ -248,6 +262,15 @@ async fn status(State(s): State<Arc<Shared>>) -> Response {
         last_5m,
         last_1h,
         recent,
+        mqtt: s.mqtt.lock().ok().and_then(|m| {
+            m.as_ref().map(|m| MqttStatus {
+                connected: m.connected.load(Ordering::Relaxed),
+                published: m.published.load(Ordering::Relaxed),
+                acked: m.acked.load(Ordering::Relaxed),
+                connects: m.connects.load(Ordering::Relaxed),
+                last_error: m.last_error.lock().ok().and_then(|e| e.clone()),
+            })
+        }),
     };
     Json(doc).into_response()
 }

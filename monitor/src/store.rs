@@ -50,6 +50,16 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (exe, peer_ip, version, cipher)
      );
      CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
+    // 2: the MQTT outbox. `id` only grows (AUTOINCREMENT): a count update of an alert that
+    // is still unpublished replaces its row with a newer one, so the publisher reads each
+    // row once in id order and deletes it on PUBACK.
+    "CREATE TABLE outbox (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id   TEXT NOT NULL UNIQUE,
+        kind       TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        payload    TEXT NOT NULL
+     );",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -91,9 +101,15 @@ pub enum Write {
     Success(Success),
     /// Sets a counter (kernel counters, totals).
     Counter(&'static str, u64),
+    /// Outbox rows the broker acknowledged (PUBACK): deleted.
+    Acked(Vec<i64>),
     /// Commit everything before this and answer.
     Flush(mpsc::Sender<()>),
 }
+
+/// Outbox rows: `event` (an alert document), `gap` (what the bounds dropped).
+pub const OUTBOX_EVENT: &str = "event";
+pub const OUTBOX_GAP: &str = "gap";
 
 /// Retention limits.
 #[derive(Debug, Clone, Copy)]
@@ -157,10 +173,18 @@ pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
 }
 
 /// Applies a batch of writes in one transaction; returns how many alerts were inserted.
-pub fn apply(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<u64> {
+/// With `outbox`, every new alert and every count update is (re)queued for publishing in
+/// the same transaction: an event is in the database before it can be published.
+pub fn apply(conn: &mut Connection, batch: &[Write], outbox: bool) -> rusqlite::Result<u64> {
     let tx = conn.transaction()?;
     let mut inserted = 0;
     {
+        let mut enqueue = tx.prepare_cached(
+            "INSERT OR REPLACE INTO outbox (event_id, kind, created_ms, payload)
+             SELECT event_id, 'event', ?2, doc FROM alerts WHERE event_id = ?1",
+        )?;
+        let mut acked = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
+        let now = now_ms() as i64;
         let mut insert = tx.prepare_cached(
             "INSERT OR IGNORE INTO alerts (event_id, kind, severity, cause, process, exe, pid, role,
                local_ip, local_port, peer_ip, peer_port, sni, first_ms, last_ms, count, doc)
@@ -185,7 +209,11 @@ pub fn apply(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<u64> {
         for w in batch {
             match w {
                 Write::Alert(Update::New(ev)) => {
-                    inserted += insert.execute(alert_row(ev))? as u64;
+                    let n = insert.execute(alert_row(ev))?;
+                    inserted += n as u64;
+                    if outbox && n > 0 {
+                        enqueue.execute(params![ev.event_id, now])?;
+                    }
                 }
                 Write::Alert(Update::Count {
                     event_id,
@@ -201,6 +229,14 @@ pub fn apply(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<u64> {
                         last_seen,
                         peers.map(|p| p as i64)
                     ])?;
+                    if outbox {
+                        enqueue.execute(params![event_id, now])?;
+                    }
+                }
+                Write::Acked(ids) => {
+                    for id in ids {
+                        acked.execute([id])?;
+                    }
                 }
                 Write::Success(s) => {
                     success.execute(params![
@@ -296,8 +332,13 @@ pub const QUEUE: usize = 65_536;
 const BATCH: usize = 4096;
 
 impl Writer {
-    /// Opens the database and starts the writer thread.
-    pub fn start(path: &Path, retention: Retention) -> Result<Writer, StoreError> {
+    /// Opens the database and starts the writer thread; with `outbox`, alerts are also
+    /// queued for MQTT and the outbox kept within its bounds.
+    pub fn start(
+        path: &Path,
+        retention: Retention,
+        outbox: Option<crate::outbox::OutboxPolicy>,
+    ) -> Result<Writer, StoreError> {
         let mut conn = open(path)?;
         let (tx, rx) = mpsc::sync_channel::<Write>(QUEUE);
         let stats = Arc::new(StoreStats::default());
@@ -305,7 +346,7 @@ impl Writer {
         let shown = path.display().to_string();
         let thread = std::thread::Builder::new()
             .name("tlsmon-store".into())
-            .spawn(move || writer_loop(&mut conn, &rx, &st, retention, &shown))
+            .spawn(move || writer_loop(&mut conn, &rx, &st, retention, outbox, &shown))
             .map_err(|source| StoreError::Dir {
                 path: path.display().to_string(),
                 source,
@@ -349,12 +390,14 @@ fn writer_loop(
     rx: &mpsc::Receiver<Write>,
     stats: &StoreStats,
     retention: Retention,
+    outbox: Option<crate::outbox::OutboxPolicy>,
     path: &str,
 ) {
     let mut last_retention = 0u64;
+    let mut last_bounds = 0u64;
     let mut batch = Vec::with_capacity(BATCH);
     loop {
-        match rx.recv_timeout(Duration::from_secs(10)) {
+        match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(w) => batch.push(w),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -366,7 +409,7 @@ fn writer_loop(
             }
         }
         if !batch.is_empty() {
-            match apply(conn, &batch) {
+            match apply(conn, &batch, outbox.is_some()) {
                 Ok(n) => {
                     stats.alerts_inserted.fetch_add(n, Ordering::Relaxed);
                     stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -383,6 +426,24 @@ fn writer_loop(
             }
         }
         let now = now_ms();
+        if let Some(policy) = &outbox
+            && now.saturating_sub(last_bounds) >= 1_000
+        {
+            last_bounds = now;
+            match crate::outbox::enforce(conn, policy, now) {
+                Ok(gaps) => {
+                    for g in gaps {
+                        tracing::warn!(
+                            database = path,
+                            dropped = g.dropped,
+                            reason = g.reason,
+                            "MQTT outbox over its bounds: the oldest unpublished events were dropped and a gap record queued"
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!(database = path, error = %e, "outbox bounds failed"),
+            }
+        }
         if now.saturating_sub(last_retention) > 60_000 {
             last_retention = now;
             match enforce_retention(conn, retention, now) {
@@ -587,7 +648,7 @@ mod tests {
             .map(|i| Write::Alert(engine.observe(event("127.0.0.1", 1000 + i))))
             .collect();
         batch.push(Write::Alert(engine.observe(event("10.9.9.9", 5000))));
-        assert_eq!(apply(&mut c, &batch).unwrap(), 2);
+        assert_eq!(apply(&mut c, &batch, false).unwrap(), 2);
         let all = failures(&c, &FailureQuery::default()).unwrap();
         assert_eq!(all.len(), 2);
         let lo = &all[1];
@@ -639,7 +700,7 @@ mod tests {
             Write::Alert(engine.observe(event("10.0.0.1", 1_000))),
             Write::Alert(engine.observe(event("10.0.0.2", 50_000))),
         ];
-        apply(&mut c, &batch).unwrap();
+        apply(&mut c, &batch, false).unwrap();
         let r = Retention {
             max_age_ms: 10_000,
             max_bytes: u64::MAX,
@@ -657,6 +718,7 @@ mod tests {
                 max_age_ms: u64::MAX / 2,
                 max_bytes: u64::MAX,
             },
+            None,
         )
         .unwrap();
         let mut engine = AlertEngine::new(AlertPolicy {

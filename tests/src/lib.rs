@@ -633,3 +633,182 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// A real mosquitto on a free loopback port with its own configuration (persistence in a
+/// scratch directory, so a restart keeps durable subscribers' queues).
+pub struct Mosquitto {
+    pub port: u16,
+    pub dir: TempDir,
+    proc: Option<Child>,
+}
+
+impl Mosquitto {
+    /// Starts a broker; `extra` is appended to its configuration.
+    pub fn start(extra: &str) -> Mosquitto {
+        let dir = TempDir::new("mosquitto");
+        let port = free_port();
+        std::fs::write(
+            dir.path().join("mosquitto.conf"),
+            format!(
+                "listener {port} 127.0.0.1\npersistence true\npersistence_location {}/\n\
+                 log_dest stderr\nuser root\n{extra}\n",
+                dir.path().display()
+            ),
+        )
+        .expect("mosquitto.conf");
+        let mut m = Mosquitto {
+            port,
+            dir,
+            proc: None,
+        };
+        m.up();
+        m
+    }
+
+    /// (Re)starts the broker process; waits until it accepts connections.
+    pub fn up(&mut self) {
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto (apt install mosquitto)");
+        self.proc = Some(child);
+        wait_listening(
+            format!("127.0.0.1:{}", self.port).parse().expect("addr"),
+            Duration::from_secs(10),
+        );
+    }
+
+    /// Stops the broker (SIGTERM: it saves its persistent state), bounded.
+    pub fn down(&mut self) {
+        if let Some(mut c) = self.proc.take() {
+            // SAFETY: kill(2) on our child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            if wait_exit(&mut c, Duration::from_secs(10)).is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.proc.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A real `mosquitto_sub` (QoS 1, durable session with a fixed client id, so messages
+/// published while it is away are kept for it) collecting `topic payload` lines.
+pub struct Subscriber {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<thread::JoinHandle<()>>,
+}
+
+impl Subscriber {
+    pub fn start(port: u16, topic: &str, extra: &[&str]) -> Subscriber {
+        let id = format!("e2e-{}-{}", std::process::id(), free_port());
+        // stdbuf: line-buffered, so the debug line that says it subscribed arrives at once.
+        let mut child = Command::new("stdbuf")
+            .args([
+                "-oL",
+                "mosquitto_sub",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-q",
+                "1",
+                "-c",
+                "-i",
+                &id,
+            ])
+            .args(["-t", topic, "-v", "-d"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto_sub (apt install mosquitto-clients)");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let l = lines.clone();
+        let out = child.stdout.take().expect("stdout");
+        let reader = thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                l.lock().expect("lock").push(line);
+            }
+        });
+        let s = Subscriber {
+            child,
+            lines,
+            reader: Some(reader),
+        };
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(10) {
+            if s.raw().iter().any(|l| l.contains("received SUBACK")) {
+                return s;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("mosquitto_sub did not subscribe:\n{}", s.raw().join("\n"));
+    }
+
+    /// mosquitto_sub's own debug lines (connects, acknowledgements).
+    pub fn debug_lines(&self) -> Vec<String> {
+        self.raw()
+            .into_iter()
+            .filter(|l| l.starts_with("Client"))
+            .collect()
+    }
+
+    fn raw(&self) -> Vec<String> {
+        self.lines.lock().expect("lock").clone()
+    }
+
+    /// Received messages: (topic, JSON payload); debug lines are left out.
+    pub fn messages(&self) -> Vec<(String, Value)> {
+        self.raw()
+            .iter()
+            .filter_map(|l| {
+                let (topic, payload) = l.split_once(' ')?;
+                if topic.starts_with("Client") {
+                    return None;
+                }
+                Some((topic.to_owned(), serde_json::from_str(payload).ok()?))
+            })
+            .collect()
+    }
+
+    /// Waits (bounded) until `pred` holds for the messages received so far.
+    pub fn wait(&self, limit: Duration, pred: impl Fn(&[(String, Value)]) -> bool) -> bool {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            if pred(&self.messages()) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The daemon publishing to a real mosquitto on loopback, read by a real `mosquitto_sub`:
+//! events with the right fields, retained online/offline status, the Last Will after
+//! SIGKILL, and no event lost across a broker outage. Needs root (`sudo ./x test`).
+
+use std::{collections::BTreeSet, process::Command, time::Duration};
+
+use serde_json::Value;
+use tlsmon_e2e::{
+    Daemon, Mosquitto, Subscriber, free_port, openssl_server, run_bounded, self_signed_cert,
+};
+
+fn curl_from(ip: &str, port: u16) -> bool {
+    run_bounded(
+        Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "5",
+                "--interface",
+                ip,
+            ])
+            .arg(format!("https://127.0.0.1:{port}/")),
+        Duration::from_secs(10),
+    )
+    .0
+}
+
+fn mqtt_config(broker: &Mosquitto, extra: &str) -> String {
+    format!(
+        "[host]\nid = \"e2e-host\"\nsite = \"lab\"\n\n[alerts]\nflood_peers = 1000\n\n\
+         [mqtt]\nbroker = \"{}\"\nkeepalive_secs = 5\nsummary_interval_secs = 5\n{extra}\n",
+        broker.url()
+    )
+}
+
+fn on(topic: &str) -> impl Fn(&(String, Value)) -> bool + '_ {
+    move |(t, _)| t == topic
+}
+
+#[test]
+#[ignore = "root: loads eBPF programs (sudo ./x test)"]
+fn a_failing_handshake_reaches_the_events_topic_with_status_online_then_offline() {
+    let broker = Mosquitto::start("allow_anonymous true");
+    let sub = Subscriber::start(broker.port, "tlsmon/v1/#", &[]);
+    let pki = self_signed_cert();
+    let port = free_port();
+    let _server = openssl_server(
+        &pki,
+        format!("127.0.0.1:{port}").parse().expect("addr"),
+        &["-tls1_2"],
+    );
+    let d = Daemon::start(&mqtt_config(&broker, ""));
+    let base = "tlsmon/v1/lab/e2e-host";
+    let status = format!("{base}/status");
+    let events = format!("{base}/events");
+    assert!(
+        sub.wait(Duration::from_secs(15), |m| m
+            .iter()
+            .any(|(t, v)| *t == status && v["state"] == "online")),
+        "no online status:\n{}",
+        d.log()
+    );
+    assert!(!curl_from("127.0.0.1", port));
+    let alert = d
+        .wait_failure("process=curl&since=5m", Duration::from_secs(10), |a| {
+            a["peer"]["port"] == port
+        })
+        .expect("the alert");
+    let id = alert["event_id"].as_str().expect("id").to_owned();
+    assert!(
+        sub.wait(Duration::from_secs(10), |m| m
+            .iter()
+            .any(|(t, v)| *t == events && v["event_id"] == id.as_str())),
+        "event {id} not published:\n{}",
+        d.log()
+    );
+    let published: Vec<Value> = sub
+        .messages()
+        .into_iter()
+        .filter(|(t, v)| *t == events && v["event_id"] == id.as_str())
+        .map(|(_, v)| v)
+        .collect();
+    let ev = &published[0];
+    assert_eq!(ev["schema"], "tlsmon.event/1");
+    assert_eq!(ev["process"]["comm"], "curl");
+    assert_eq!(ev["role"], "client");
+    assert_eq!(ev["peer"]["port"], port);
+    assert_eq!(ev["cause"], "self_signed", "{ev}");
+    assert_eq!(ev["alert"]["sender"], "client");
+    assert_eq!(ev["host"]["id"], "e2e-host");
+    // The periodic summary names the failing process.
+    let summary = format!("{base}/summary");
+    assert!(
+        sub.wait(Duration::from_secs(15), |m| m.iter().any(|(t, v)| *t
+            == summary
+            && v["schema"] == "tlsmon.summary/1"
+            && v["failing"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x["process"] == "curl")))),
+        "no summary naming curl"
+    );
+    let st = d.json("/v1/status");
+    assert_eq!(st["mqtt"]["connected"], true, "{st}");
+    // A clean stop says offline (retained).
+    let (code, log) = d.stop();
+    assert_eq!(code.and_then(|c| c.code()), Some(0), "{log}");
+    assert!(
+        sub.wait(Duration::from_secs(10), |m| m
+            .iter()
+            .any(|(t, v)| *t == status && v["state"] == "offline")),
+        "no offline status after SIGTERM:\n{log}"
+    );
+    assert!(sub.messages().iter().filter(|m| on(&events)(m)).count() >= 2);
+}
+
+#[test]
+#[ignore = "root: loads eBPF programs (sudo ./x test)"]
+fn the_last_will_says_offline_after_sigkill() {
+    let broker = Mosquitto::start("allow_anonymous true");
+    let sub = Subscriber::start(broker.port, "tlsmon/v1/+/+/status", &[]);
+    let d = Daemon::start(&mqtt_config(&broker, ""));
+    assert!(sub.wait(Duration::from_secs(15), |m| {
+        m.iter().any(|(_, v)| v["state"] == "online")
+    }));
+    d.signal(libc::SIGKILL);
+    // The broker notices after 1.5 keepalives (5 s) and publishes the will.
+    assert!(
+        sub.wait(Duration::from_secs(20), |m| m
+            .last()
+            .is_some_and(|(_, v)| v["state"] == "offline")),
+        "no Last Will:\n{:?}",
+        sub.messages()
+    );
+}
+
+#[test]
+#[ignore = "root: loads eBPF programs (sudo ./x test)"]
+fn events_raised_while_the_broker_is_down_are_all_published_after_it_returns() {
+    let mut broker = Mosquitto::start("allow_anonymous true");
+    let sub = Subscriber::start(broker.port, "tlsmon/v1/+/+/events", &[]);
+    let pki = self_signed_cert();
+    let port = free_port();
+    let _server = openssl_server(
+        &pki,
+        format!("127.0.0.1:{port}").parse().expect("addr"),
+        &["-tls1_2"],
+    );
+    let d = Daemon::start(&mqtt_config(&broker, ""));
+    assert!(curl_from("127.0.0.1", port).eq(&false));
+    assert!(
+        sub.wait(Duration::from_secs(15), |m| !m.is_empty()),
+        "{}",
+        d.log()
+    );
+
+    broker.down();
+    // Twenty distinct failures (one peer address each) while nobody can receive them.
+    for i in 0..20 {
+        assert!(!curl_from(&format!("127.0.0.{}", 20 + i), port));
+    }
+    let stored = |d: &Daemon| -> BTreeSet<String> {
+        d.json("/v1/failures?since=5m&limit=1000")
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["event_id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let t0 = std::time::Instant::now();
+    while stored(&d).len() < 21 && t0.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let expected = stored(&d);
+    assert!(expected.len() >= 21, "{expected:?}");
+    broker.up();
+    let received = || -> BTreeSet<String> {
+        sub.messages()
+            .iter()
+            .filter_map(|(_, v)| v["event_id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let t0 = std::time::Instant::now();
+    while !expected.is_subset(&received()) && t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let missing: Vec<_> = expected.difference(&received()).cloned().collect();
+    assert!(
+        missing.is_empty(),
+        "lost {missing:?}:\n{}\nsubscriber:\n{}",
+        d.log().replace("2026-", "| 2026-"),
+        sub.debug_lines().join("\n")
+    );
+    let dupes = sub.messages().len() - received().len();
+    println!(
+        "{} events after the outage, {dupes} duplicates",
+        expected.len()
+    );
+    // Everything acknowledged leaves the outbox.
+    let db = rusqlite::Connection::open(d.db_path()).expect("db");
+    let t0 = std::time::Instant::now();
+    let mut left = i64::MAX;
+    while left > 0 && t0.elapsed() < Duration::from_secs(10) {
+        left = db
+            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
+            .expect("count");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(left, 0, "outbox not drained");
+}
