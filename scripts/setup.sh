@@ -24,6 +24,7 @@ if [ "$PURPOSE" = test ]; then
               gzip:gzip unshare:util-linux; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
   done
+  python3 -c 'import jsonschema' >/dev/null 2>&1 || need+=(python3-jsonschema)
   if [ ${#need[@]} -gt 0 ]; then
     say "installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -17,7 +17,7 @@ use crate::{
 pub const SCHEMA: &str = "tlsmon.event/1";
 
 /// This machine, as events name it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct Host {
     /// /etc/machine-id when readable, else the name.
     pub id: String,
@@ -45,7 +45,7 @@ impl Host {
     }
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Hash, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     HandshakeFailure,
@@ -55,14 +55,14 @@ pub enum Kind {
     WeakHandshake,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Error,
     Warning,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct ProcessRef {
     pub pid: u32,
     pub comm: String,
@@ -90,7 +90,7 @@ impl ProcessRef {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct Endpoint {
     pub ip: String,
     pub port: u16,
@@ -108,7 +108,7 @@ impl From<SocketAddr> for Endpoint {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct Offered {
     pub versions: Vec<String>,
     pub ciphers: Vec<String>,
@@ -117,14 +117,14 @@ pub struct Offered {
     pub alpn: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct Selected {
     pub version: String,
     pub cipher: String,
     pub alpn: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct TlsFacts {
     pub offered: Option<Offered>,
     pub selected: Option<Selected>,
@@ -133,7 +133,7 @@ pub struct TlsFacts {
 }
 
 /// One event document.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct Event {
     pub schema: &'static str,
     pub event_id: String,

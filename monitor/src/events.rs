@@ -28,7 +28,7 @@ impl Direction {
 }
 
 /// Whether the local socket is the TCP (and so TLS) client or server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Client,

@@ -22,6 +22,7 @@ pub mod mqtt;
 pub mod outbox;
 pub mod reassembly;
 pub mod records;
+pub mod schema;
 pub mod status;
 pub mod store;
 pub mod trace;

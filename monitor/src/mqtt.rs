@@ -177,7 +177,7 @@ fn sanitize_level(s: &str) -> String {
         .collect()
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 struct StatusDoc<'a> {
     schema: &'static str,
     state: &'a str,
@@ -491,7 +491,7 @@ fn reader<'a>(
     conn.as_ref()
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 struct SummaryDoc<'a> {
     schema: &'static str,
     time: String,
@@ -505,7 +505,7 @@ struct SummaryDoc<'a> {
     outbox_backlog: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 struct Handshakes {
     judged: u64,
     ok: u64,
@@ -513,11 +513,20 @@ struct Handshakes {
     warnings: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 struct Failing {
     process: String,
     cause: String,
     count: u64,
+}
+
+/// JSON Schema of the summary and status documents (docs/schema/).
+pub fn summary_schema() -> String {
+    crate::schema::schema_text::<SummaryDoc<'static>>()
+}
+
+pub fn status_schema() -> String {
+    crate::schema::schema_text::<StatusDoc<'static>>()
 }
 
 fn summary_doc(

@@ -23,7 +23,7 @@ pub struct OutboxPolicy {
 }
 
 /// What the bounds dropped, published in place of the dropped events.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct Gap {
     pub schema: &'static str,
     pub event_id: String,

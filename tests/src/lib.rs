@@ -694,6 +694,14 @@ impl Mosquitto {
         }
     }
 
+    /// SIGHUP: the broker re-reads its password file.
+    pub fn reload(&self) {
+        if let Some(c) = &self.proc {
+            // SAFETY: kill(2) on our child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGHUP) };
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }

@@ -35,6 +35,33 @@ fn mqtt_config(broker: &Mosquitto, extra: &str) -> String {
     )
 }
 
+/// Validates documents against docs/schema/NAME with Python's jsonschema (draft 2020-12).
+fn validate(name: &str, docs: &[Value]) {
+    let dir = tlsmon_e2e::TempDir::new("schema");
+    let lines = dir.path().join("docs.jsonl");
+    let text: Vec<String> = docs.iter().map(Value::to_string).collect();
+    std::fs::write(&lines, text.join("\n")).expect("write docs");
+    let schema = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs/schema")
+        .join(name);
+    let script = "import json, sys, jsonschema\n\
+        v = jsonschema.Draft202012Validator(json.load(open(sys.argv[1])))\n\
+        bad = [e.message for l in open(sys.argv[2]) for e in v.iter_errors(json.loads(l))]\n\
+        print('\\n'.join(bad)); sys.exit(1 if bad else 0)\n";
+    let (ok, out) = run_bounded(
+        Command::new("python3")
+            .args(["-c", script])
+            .arg(&schema)
+            .arg(&lines),
+        Duration::from_secs(60),
+    );
+    assert!(
+        ok,
+        "{} documents invalid against {name}:\n{out}",
+        docs.len()
+    );
+}
+
 fn on(topic: &str) -> impl Fn(&(String, Value)) -> bool + '_ {
     move |(t, _)| t == topic
 }
@@ -103,6 +130,21 @@ fn a_failing_handshake_reaches_the_events_topic_with_status_online_then_offline(
     );
     let st = d.json("/v1/status");
     assert_eq!(st["mqtt"]["connected"], true, "{st}");
+    // Every published document is valid against the committed JSON Schema.
+    for (suffix, schema) in [
+        ("/events", "event.schema.json"),
+        ("/summary", "summary.schema.json"),
+        ("/status", "status.schema.json"),
+    ] {
+        let docs: Vec<Value> = sub
+            .messages()
+            .into_iter()
+            .filter(|(t, _)| t.ends_with(suffix))
+            .map(|(_, v)| v)
+            .collect();
+        assert!(!docs.is_empty(), "nothing on {suffix}");
+        validate(schema, &docs);
+    }
     // A clean stop says offline (retained).
     let (code, log) = d.stop();
     assert_eq!(code.and_then(|c| c.code()), Some(0), "{log}");
@@ -208,4 +250,109 @@ fn events_raised_while_the_broker_is_down_are_all_published_after_it_returns() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(left, 0, "outbox not drained");
+}
+
+/// A CA and a `localhost` server certificate signed by it (ca.pem, server.pem, server.key).
+fn broker_pki(dir: &std::path::Path) {
+    let sh = format!(
+        "set -e; cd {d}; \
+         openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=e2e-ca -keyout ca.key -out ca.pem; \
+         openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr; \
+         printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > ext.cnf; \
+         openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+           -extfile ext.cnf -out server.pem; chmod 644 server.key",
+        d = dir.display()
+    );
+    let (ok, _) = run_bounded(
+        Command::new("sh").args(["-c", &sh]),
+        Duration::from_secs(60),
+    );
+    assert!(ok, "broker PKI");
+}
+
+#[test]
+#[ignore = "root: loads eBPF programs (sudo ./x test)"]
+fn over_tls_with_a_password_a_wrong_one_is_explained_and_nothing_is_lost_once_fixed() {
+    let scratch = tlsmon_e2e::TempDir::new("broker-tls");
+    let dir = scratch.path();
+    broker_pki(dir);
+    let passwd = dir.join("passwd");
+    let set_password = |pw: &str| {
+        let (ok, _) = run_bounded(
+            Command::new("mosquitto_passwd")
+                .args(["-b", "-c"])
+                .arg(&passwd)
+                .args(["tlsmon", pw]),
+            Duration::from_secs(10),
+        );
+        assert!(ok, "mosquitto_passwd");
+    };
+    set_password("not-the-daemons");
+    // A plain listener (for the helper's readiness check) and the TLS one the daemon uses.
+    let tls_port = free_port();
+    let broker = Mosquitto::start(&format!(
+        "allow_anonymous false\npassword_file {p}\n\
+         listener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\n\
+         keyfile {d}/server.key\n",
+        p = passwd.display(),
+        d = dir.display()
+    ));
+    std::fs::write(dir.join("pw"), "s3cret\n").expect("pw");
+    let d = Daemon::start(&format!(
+        "[host]\nid = \"tls-host\"\n\n[mqtt]\nbroker = \"mqtts://localhost:{tls_port}\"\n\
+         username = \"tlsmon\"\npassword_file = \"{pw}\"\nca_file = \"{d}/ca.pem\"\n",
+        pw = dir.join("pw").display(),
+        d = dir.display()
+    ));
+    // Refused: the status says why, and the log says it once.
+    let t0 = std::time::Instant::now();
+    let mut err = String::new();
+    while t0.elapsed() < Duration::from_secs(15) && !err.contains("check mqtt.username") {
+        err = d.json("/v1/status")["mqtt"]["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(err.contains("check mqtt.username"), "{err}\n{}", d.log());
+    // A failure while refused stays in the outbox.
+    let pki = self_signed_cert();
+    let port = free_port();
+    let _server = openssl_server(
+        &pki,
+        format!("127.0.0.1:{port}").parse().expect("addr"),
+        &["-tls1_2"],
+    );
+    assert!(!curl_from("127.0.0.1", port));
+    let alert = d
+        .wait_failure("process=curl&since=5m", Duration::from_secs(10), |a| {
+            a["peer"]["port"] == port
+        })
+        .expect("alert");
+    let id = alert["event_id"].as_str().expect("id").to_owned();
+    // Fix the password at the broker (SIGHUP reloads its password file); the daemon's
+    // retries get in and publish what waited, over TLS.
+    set_password("s3cret");
+    broker.reload();
+    let sub = Subscriber::start(
+        tls_port,
+        "tlsmon/v1/+/tls-host/events",
+        &[
+            "--cafile",
+            &format!("{}/ca.pem", dir.display()),
+            "-u",
+            "tlsmon",
+            "-P",
+            "s3cret",
+            "--insecure",
+        ],
+    );
+    assert!(
+        sub.wait(Duration::from_secs(60), |m| m
+            .iter()
+            .any(|(_, v)| v["event_id"] == id.as_str())),
+        "event {id} not published after the fix:\n{}",
+        d.log()
+    );
+    assert_eq!(d.json("/v1/status")["mqtt"]["connected"], true);
 }

@@ -7,7 +7,7 @@ use super::hello::{ClientOffer, ServerChoice};
 use super::names::alert_name;
 
 /// The two ends of a TLS connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Party {
     Client,
@@ -129,7 +129,7 @@ impl Cause {
 }
 
 /// An alert as seen on the wire.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct AlertInfo {
     /// 1 warning, 2 fatal; `None` when encrypted.
     pub level: Option<u8>,
