@@ -126,6 +126,9 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        if self.0.as_os_str().is_empty() {
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -500,6 +503,24 @@ impl Daemon {
         let endpoint: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let cfg = dir.path().join("tlsmon.toml");
         std::fs::write(&cfg, Self::config_text(&dir, endpoint, extra)).expect("write config");
+        Self::launch(bin, dir, endpoint)
+    }
+
+    /// SIGKILL (no flush, no goodbye); returns the directory with its config and database.
+    pub fn kill(mut self) -> (TempDir, SocketAddr) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, TempDir(PathBuf::new()));
+        (dir, self.endpoint)
+    }
+
+    /// Starts the daemon under test again on a directory a killed one left.
+    pub fn restart(dir: TempDir, endpoint: SocketAddr) -> Daemon {
+        Self::launch(&tlsmon_bin(), dir, endpoint)
+    }
+
+    fn launch(bin: &Path, dir: TempDir, endpoint: SocketAddr) -> Daemon {
+        let cfg = dir.path().join("tlsmon.toml");
         let mut child = Command::new(bin)
             .arg("run")
             .arg("--config")

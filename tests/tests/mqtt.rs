@@ -356,3 +356,130 @@ fn over_tls_with_a_password_a_wrong_one_is_explained_and_nothing_is_lost_once_fi
     );
     assert_eq!(d.json("/v1/status")["mqtt"]["connected"], true);
 }
+
+/// Distinct server-side alerts: one curl per loopback source address `first..first+n`.
+fn failures_from_many_peers(port: u16, first: u32, n: u32) {
+    for i in first..first + n {
+        let ip = format!("127.0.{}.{}", 1 + i / 250, 1 + i % 250);
+        assert!(!curl_from(&ip, port));
+    }
+}
+
+fn event_ids(d: &Daemon) -> BTreeSet<String> {
+    d.json("/v1/failures?since=5m&limit=10000")
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["event_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+#[ignore = "root: loads eBPF programs (sudo ./x test)"]
+fn a_daemon_killed_while_the_broker_is_down_publishes_its_backlog_after_restart() {
+    let mut broker = Mosquitto::start("allow_anonymous true");
+    let sub = Subscriber::start(broker.port, "tlsmon/v1/+/+/events", &[]);
+    let pki = self_signed_cert();
+    let port = free_port();
+    let _server = openssl_server(
+        &pki,
+        format!("127.0.0.1:{port}").parse().expect("addr"),
+        &["-tls1_2"],
+    );
+    broker.down();
+    let d = Daemon::start(&mqtt_config(&broker, ""));
+    failures_from_many_peers(port, 0, 10);
+    let t0 = std::time::Instant::now();
+    while event_ids(&d).len() < 11 && t0.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let expected = event_ids(&d);
+    assert!(expected.len() >= 11, "{expected:?}");
+    // No clean stop: the store's last batch is committed (flushed within the drain tick),
+    // the outbox has everything, nobody said goodbye.
+    std::thread::sleep(Duration::from_millis(500));
+    let (dir, endpoint) = d.kill();
+    broker.up();
+    let d = Daemon::restart(dir, endpoint);
+    let received = || -> BTreeSet<String> {
+        sub.messages()
+            .iter()
+            .filter_map(|(_, v)| v["event_id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let t0 = std::time::Instant::now();
+    while !expected.is_subset(&received()) && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let missing: Vec<_> = expected.difference(&received()).cloned().collect();
+    assert!(
+        missing.is_empty(),
+        "lost after restart: {missing:?}\n{}",
+        d.log()
+    );
+}
+
+#[test]
+#[ignore = "root: loads eBPF programs (sudo ./x test)"]
+fn a_full_outbox_drops_the_oldest_and_publishes_a_gap_record() {
+    let mut broker = Mosquitto::start("allow_anonymous true");
+    let sub = Subscriber::start(broker.port, "tlsmon/v1/+/+/events", &[]);
+    let pki = self_signed_cert();
+    let port = free_port();
+    let _server = openssl_server(
+        &pki,
+        format!("127.0.0.1:{port}").parse().expect("addr"),
+        &["-tls1_2"],
+    );
+    broker.down();
+    let d = Daemon::start(&mqtt_config(&broker, "outbox_max_events = 100"));
+    // 120 peers: 120 server-side alerts and one client-side alert, over the bound of 100.
+    failures_from_many_peers(port, 0, 120);
+    let t0 = std::time::Instant::now();
+    while event_ids(&d).len() < 121 && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The bounds are enforced once a second.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        d.wait_log("MQTT outbox over its bounds", Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
+    let db = rusqlite::Connection::open(d.db_path()).expect("db");
+    let queued: i64 = db
+        .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
+        .expect("count");
+    assert!(queued <= 100, "outbox holds {queued}");
+    broker.up();
+    let gaps = |m: &[(String, Value)]| -> Vec<Value> {
+        m.iter()
+            .filter(|(_, v)| v["schema"] == "tlsmon.gap/1")
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    // Bounds run once a second while the failures stream in: one gap record per run that
+    // dropped something, together at least 21 (121 alerts into 100 places).
+    let dropped_in = |g: &[Value]| g.iter().filter_map(|g| g["dropped"].as_u64()).sum::<u64>();
+    assert!(
+        sub.wait(Duration::from_secs(30), |m| dropped_in(&gaps(m)) >= 21),
+        "gap records: {:?}\n{}",
+        gaps(&sub.messages()),
+        d.log()
+    );
+    let g = gaps(&sub.messages());
+    assert!(g.iter().all(|g| g["reason"] == "outbox_full"), "{g:?}");
+    let dropped = dropped_in(&g);
+    validate("gap.schema.json", &g);
+    // Everything that was not dropped arrives: published + dropped covers all alerts.
+    let all = event_ids(&d).len() as u64;
+    assert!(
+        sub.wait(Duration::from_secs(30), |m| m
+            .iter()
+            .filter(|(_, v)| v["schema"] == "tlsmon.event/1")
+            .count() as u64
+            + dropped
+            >= all),
+        "published events + {dropped} dropped < {all}"
+    );
+}
