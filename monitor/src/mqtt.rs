@@ -218,7 +218,7 @@ pub struct Publisher {
     pub stats: Arc<MqttStats>,
 }
 
-/// Counts the summary publishes: what the status endpoint shares with us.
+/// The daemon's counters (shared with the status endpoint) that the summary reports.
 pub type SummarySource = Arc<crate::status::Shared>;
 
 impl Publisher {
@@ -309,6 +309,16 @@ struct Session {
 }
 
 impl Session {
+    /// A new connection (or none): nothing in flight, read the outbox from its start again;
+    /// acknowledgements not yet handed to the store are kept.
+    fn restart(&mut self, connected: bool) {
+        *self = Session {
+            connected,
+            acked: std::mem::take(&mut self.acked),
+            ..Session::default()
+        };
+    }
+
     fn in_flight(&self) -> usize {
         self.order.len() + self.inflight.len()
     }
@@ -344,16 +354,16 @@ async fn run(
                         *l = Some(msg.clone());
                     }
                     last_error = Some(msg);
-                    sess = Session { acked: std::mem::take(&mut sess.acked), ..Session::default() };
+                    sess.restart(false);
                     stats.connected.store(false, Ordering::Relaxed);
                 }
                 None => break,
             },
             _ = fill.tick() => {
-                if !sess.acked.is_empty()
-                    && writer.try_send(Write::Acked(std::mem::take(&mut sess.acked))).is_err()
-                {
-                    // The writer is busy: the rows are published again later (dedup).
+                if !sess.acked.is_empty() {
+                    // If the writer's queue is full these rows stay and are published again
+                    // after the next reconnect (consumers dedup by event_id).
+                    let _ = writer.try_send(Write::Acked(std::mem::take(&mut sess.acked)));
                 }
                 if sess.connected {
                     publish_pending(&client, &s, &db, &mut conn, &mut sess, &stats);
@@ -406,11 +416,7 @@ async fn on_event(
     match ev {
         Event::Incoming(Packet::ConnAck(_)) => {
             // A new session: everything unacknowledged is read again from the outbox.
-            *sess = Session {
-                connected: true,
-                acked: std::mem::take(&mut sess.acked),
-                ..Session::default()
-            };
+            sess.restart(true);
             stats.connected.store(true, Ordering::Relaxed);
             stats.connects.fetch_add(1, Ordering::Relaxed);
             tracing::info!(broker = %s.broker, topic = %s.topics.events, "MQTT connected");

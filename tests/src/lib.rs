@@ -175,6 +175,20 @@ pub fn openssl_server(pki: &TempDir, addr: SocketAddr, extra: &[&str]) -> Bg {
     server
 }
 
+/// `openssl s_server -tls1_2` with a fresh self-signed `localhost` certificate on a free
+/// loopback port: (the certificate's directory, the server, its port). Keep the first two
+/// alive for as long as the server is needed.
+pub fn tls12_self_signed_server() -> (TempDir, Bg, u16) {
+    let pki = self_signed_cert();
+    let port = free_port();
+    let server = openssl_server(
+        &pki,
+        format!("127.0.0.1:{port}").parse().expect("addr"),
+        &["-tls1_2"],
+    );
+    (pki, server, port)
+}
+
 /// nginx serving TLS on 127.0.0.1:`port` with the certificate of `pki` and extra `server`
 /// directives (`ssl_protocols TLSv1.3;`); waits until it listens.
 pub fn nginx_tls(pki: &TempDir, port: u16, directives: &str) -> Bg {

@@ -5,9 +5,7 @@
 use std::{collections::BTreeSet, process::Command, time::Duration};
 
 use serde_json::Value;
-use tlsmon_e2e::{
-    Daemon, Mosquitto, Subscriber, free_port, openssl_server, run_bounded, self_signed_cert,
-};
+use tlsmon_e2e::{Daemon, Mosquitto, Subscriber, free_port, run_bounded, tls12_self_signed_server};
 
 fn curl_from(ip: &str, port: u16) -> bool {
     run_bounded(
@@ -62,22 +60,12 @@ fn validate(name: &str, docs: &[Value]) {
     );
 }
 
-fn on(topic: &str) -> impl Fn(&(String, Value)) -> bool + '_ {
-    move |(t, _)| t == topic
-}
-
 #[test]
 #[ignore = "root: loads eBPF programs (sudo ./x test)"]
 fn a_failing_handshake_reaches_the_events_topic_with_status_online_then_offline() {
     let broker = Mosquitto::start("allow_anonymous true");
     let sub = Subscriber::start(broker.port, "tlsmon/v1/#", &[]);
-    let pki = self_signed_cert();
-    let port = free_port();
-    let _server = openssl_server(
-        &pki,
-        format!("127.0.0.1:{port}").parse().expect("addr"),
-        &["-tls1_2"],
-    );
+    let (_pki, _server, port) = tls12_self_signed_server();
     let d = Daemon::start(&mqtt_config(&broker, ""));
     let base = "tlsmon/v1/lab/e2e-host";
     let status = format!("{base}/status");
@@ -154,7 +142,7 @@ fn a_failing_handshake_reaches_the_events_topic_with_status_online_then_offline(
             .any(|(t, v)| *t == status && v["state"] == "offline")),
         "no offline status after SIGTERM:\n{log}"
     );
-    assert!(sub.messages().iter().filter(|m| on(&events)(m)).count() >= 2);
+    assert!(sub.messages().iter().filter(|(t, _)| *t == events).count() >= 2);
 }
 
 #[test]
@@ -182,13 +170,7 @@ fn the_last_will_says_offline_after_sigkill() {
 fn events_raised_while_the_broker_is_down_are_all_published_after_it_returns() {
     let mut broker = Mosquitto::start("allow_anonymous true");
     let sub = Subscriber::start(broker.port, "tlsmon/v1/+/+/events", &[]);
-    let pki = self_signed_cert();
-    let port = free_port();
-    let _server = openssl_server(
-        &pki,
-        format!("127.0.0.1:{port}").parse().expect("addr"),
-        &["-tls1_2"],
-    );
+    let (_pki, _server, port) = tls12_self_signed_server();
     let d = Daemon::start(&mqtt_config(&broker, ""));
     assert!(curl_from("127.0.0.1", port).eq(&false));
     assert!(
@@ -202,27 +184,10 @@ fn events_raised_while_the_broker_is_down_are_all_published_after_it_returns() {
     for i in 0..20 {
         assert!(!curl_from(&format!("127.0.0.{}", 20 + i), port));
     }
-    let stored = |d: &Daemon| -> BTreeSet<String> {
-        d.json("/v1/failures?since=5m&limit=1000")
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|a| a["event_id"].as_str().map(str::to_owned))
-            .collect()
-    };
-    let t0 = std::time::Instant::now();
-    while stored(&d).len() < 21 && t0.elapsed() < Duration::from_secs(15) {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let expected = stored(&d);
+    let expected = wait_stored(&d, 21, Duration::from_secs(15));
     assert!(expected.len() >= 21, "{expected:?}");
     broker.up();
-    let received = || -> BTreeSet<String> {
-        sub.messages()
-            .iter()
-            .filter_map(|(_, v)| v["event_id"].as_str().map(str::to_owned))
-            .collect()
-    };
+    let received = || received_ids(&sub);
     let t0 = std::time::Instant::now();
     while !expected.is_subset(&received()) && t0.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(200));
@@ -316,13 +281,7 @@ fn over_tls_with_a_password_a_wrong_one_is_explained_and_nothing_is_lost_once_fi
     }
     assert!(err.contains("check mqtt.username"), "{err}\n{}", d.log());
     // A failure while refused stays in the outbox.
-    let pki = self_signed_cert();
-    let port = free_port();
-    let _server = openssl_server(
-        &pki,
-        format!("127.0.0.1:{port}").parse().expect("addr"),
-        &["-tls1_2"],
-    );
+    let (_pki, _server, port) = tls12_self_signed_server();
     assert!(!curl_from("127.0.0.1", port));
     let alert = d
         .wait_failure("process=curl&since=5m", Duration::from_secs(10), |a| {
@@ -365,6 +324,7 @@ fn failures_from_many_peers(port: u16, first: u32, n: u32) {
     }
 }
 
+/// The event_ids of the alerts the daemon stored in the last 5 minutes.
 fn event_ids(d: &Daemon) -> BTreeSet<String> {
     d.json("/v1/failures?since=5m&limit=10000")
         .as_array()
@@ -374,26 +334,33 @@ fn event_ids(d: &Daemon) -> BTreeSet<String> {
         .collect()
 }
 
+/// Waits (bounded) until at least `n` alerts are stored; returns their event_ids.
+fn wait_stored(d: &Daemon, n: usize, limit: Duration) -> BTreeSet<String> {
+    let t0 = std::time::Instant::now();
+    while event_ids(d).len() < n && t0.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    event_ids(d)
+}
+
+/// The event_ids the subscriber received.
+fn received_ids(sub: &Subscriber) -> BTreeSet<String> {
+    sub.messages()
+        .iter()
+        .filter_map(|(_, v)| v["event_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
 #[test]
 #[ignore = "root: loads eBPF programs (sudo ./x test)"]
 fn a_daemon_killed_while_the_broker_is_down_publishes_its_backlog_after_restart() {
     let mut broker = Mosquitto::start("allow_anonymous true");
     let sub = Subscriber::start(broker.port, "tlsmon/v1/+/+/events", &[]);
-    let pki = self_signed_cert();
-    let port = free_port();
-    let _server = openssl_server(
-        &pki,
-        format!("127.0.0.1:{port}").parse().expect("addr"),
-        &["-tls1_2"],
-    );
+    let (_pki, _server, port) = tls12_self_signed_server();
     broker.down();
     let d = Daemon::start(&mqtt_config(&broker, ""));
     failures_from_many_peers(port, 0, 10);
-    let t0 = std::time::Instant::now();
-    while event_ids(&d).len() < 11 && t0.elapsed() < Duration::from_secs(15) {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let expected = event_ids(&d);
+    let expected = wait_stored(&d, 11, Duration::from_secs(15));
     assert!(expected.len() >= 11, "{expected:?}");
     // No clean stop: the store's last batch is committed (flushed within the drain tick),
     // the outbox has everything, nobody said goodbye.
@@ -401,12 +368,7 @@ fn a_daemon_killed_while_the_broker_is_down_publishes_its_backlog_after_restart(
     let (dir, endpoint) = d.kill();
     broker.up();
     let d = Daemon::restart(dir, endpoint);
-    let received = || -> BTreeSet<String> {
-        sub.messages()
-            .iter()
-            .filter_map(|(_, v)| v["event_id"].as_str().map(str::to_owned))
-            .collect()
-    };
+    let received = || received_ids(&sub);
     let t0 = std::time::Instant::now();
     while !expected.is_subset(&received()) && t0.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(200));
@@ -424,21 +386,12 @@ fn a_daemon_killed_while_the_broker_is_down_publishes_its_backlog_after_restart(
 fn a_full_outbox_drops_the_oldest_and_publishes_a_gap_record() {
     let mut broker = Mosquitto::start("allow_anonymous true");
     let sub = Subscriber::start(broker.port, "tlsmon/v1/+/+/events", &[]);
-    let pki = self_signed_cert();
-    let port = free_port();
-    let _server = openssl_server(
-        &pki,
-        format!("127.0.0.1:{port}").parse().expect("addr"),
-        &["-tls1_2"],
-    );
+    let (_pki, _server, port) = tls12_self_signed_server();
     broker.down();
     let d = Daemon::start(&mqtt_config(&broker, "outbox_max_events = 100"));
     // 120 peers: 120 server-side alerts and one client-side alert, over the bound of 100.
     failures_from_many_peers(port, 0, 120);
-    let t0 = std::time::Instant::now();
-    while event_ids(&d).len() < 121 && t0.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_stored(&d, 121, Duration::from_secs(20));
     // The bounds are enforced once a second.
     std::thread::sleep(Duration::from_millis(2500));
     assert!(

@@ -11,7 +11,7 @@ use std::{
 use serde_json::Value;
 use tlsmon_e2e::{
     Bg, Daemon, TempDir, free_port, nginx_tls, openssl_server, run_bounded, self_signed_cert,
-    spawn, tlsmon_bin,
+    spawn, tls12_self_signed_server, tlsmon_bin,
 };
 
 fn repo_file(rel: &str) -> PathBuf {
@@ -120,13 +120,7 @@ fn the_package_installs_into_a_scratch_root_enables_its_unit_and_its_daemon_repo
     assert!(ok, "check-config of the shipped file:\n{checked}");
 
     // The packaged binary (eBPF object inside) as a daemon: a failing curl shows in status.
-    let pki = self_signed_cert();
-    let port = free_port();
-    let _server = openssl_server(
-        &pki,
-        format!("127.0.0.1:{port}").parse().expect("addr"),
-        &["-tls1_2"],
-    );
+    let (_pki, _server, port) = tls12_self_signed_server();
     let d = Daemon::start_bin(&bin, "");
     let t0 = Instant::now();
     assert!(!curl(&[&format!("https://127.0.0.1:{port}/")]));

@@ -164,9 +164,13 @@ fn http_get(endpoint: SocketAddr, path: &str) -> Option<String> {
 
 /// Sum of every sample of a Prometheus metric family (any labels).
 fn metric(text: &str, name: &str) -> u64 {
+    samples_where(text, |l| l[name.len()..].starts_with(['{', ' ']), name)
+}
+
+/// Sum of the samples whose line starts with `prefix` and passes `keep`.
+fn samples_where(text: &str, keep: impl Fn(&str) -> bool, prefix: &str) -> u64 {
     text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter(|l| l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| l.starts_with(prefix) && keep(l))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
 }
@@ -286,13 +290,7 @@ pub fn run(bin: &Path, rate: u32, secs: u64) -> Result<String> {
     }
 
     let m = http_get(endpoint, "/metrics").context("GET /metrics")?;
-    let failed = {
-        let fam = "tlsmon_handshakes_total{outcome=\"failed\"";
-        m.lines()
-            .filter(|l| l.starts_with(fam))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
-    };
+    let failed = samples_where(&m, |_| true, "tlsmon_handshakes_total{outcome=\"failed\"");
     let drops = metric(&m, "tlsmon_ring_drops_total");
     let stored = metric(&m, "tlsmon_events_stored_total");
     let alerts = metric(&m, "tlsmon_alerts_total");
