@@ -25,6 +25,8 @@ if [ "$PURPOSE" = test ]; then
     command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
   done
   python3 -c 'import jsonschema' >/dev/null 2>&1 || need+=(python3-jsonschema)
+  # The fleet tests start their own PostgreSQL server from Debian's server programs.
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
   if [ ${#need[@]} -gt 0 ]; then
     say "installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -32,7 +34,8 @@ if [ "$PURPOSE" = test ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
     # The Debian packages start their services; the tests run their own instances.
-    systemctl disable --now nginx mosquitto fail2ban >/dev/null 2>&1 || true
+    systemctl disable --now nginx mosquitto fail2ban postgresql >/dev/null 2>&1 || true
+    service postgresql stop >/dev/null 2>&1 || true
   fi
 fi
 

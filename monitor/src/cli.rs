@@ -28,6 +28,7 @@ Files:
   /etc/tlsmon/tlsmon.toml    configuration (every key optional; tlsmon check-config)
   /var/lib/tlsmon/tlsmon.db  SQLite history of alerts (WAL; store.retention_days)
   127.0.0.1:9464             status endpoint: /v1/status /v1/failures /metrics /healthz /readyz
+  127.0.0.1:9465             fleet endpoint of tlsmon aggregate: /v1/fleet /v1/aggregator /metrics
 
 Signals (tlsmon run):
   SIGHUP           re-read the configuration: filters, alert thresholds, TLS ports, retention
@@ -46,6 +47,7 @@ Examples:
   tlsmon status
   tlsmon failures --since 1h --process nginx --peer 10.0.0.0/8
   tlsmon analyze capture.pcap --failures
+  tlsmon fleet status --since 7d
   systemctl reload tlsmon";
 
 #[derive(Debug, Subcommand)]
@@ -63,6 +65,11 @@ pub enum Command {
     Trace(TraceArgs),
     /// Diagnose every TLS handshake in a pcap or pcapng file (no root needed).
     Analyze(AnalyzeArgs),
+    /// Run the fleet aggregator: consume every host's events from the MQTT broker ([mqtt])
+    /// into SQLite or PostgreSQL ([aggregate] store) and serve the fleet view.
+    Aggregate(RunArgs),
+    /// The fleet view, from a running aggregator.
+    Fleet(FleetArgs),
     /// Print the manual page (roff) to stdout; the package installs it as tlsmon(8).
     #[command(hide = true)]
     Man,
@@ -125,6 +132,60 @@ impl EndpointArgs {
                 .status
                 .listen),
         }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    #[command(subcommand)]
+    pub command: FleetCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Which hosts, clients and servers fail most, and why (any aggregator of the fleet
+    /// answers the same: it reads the shared store).
+    Status(FleetStatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FleetStatusArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The aggregator's endpoint (127.0.0.1:9465, unix:/run/tlsmon/fleet.sock)
+    /// [default: aggregate.listen of the configuration].
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// Print the JSON as the endpoint gives it.
+    #[arg(long)]
+    pub json: bool,
+    /// How far back: 90s, 15m, 1h, 7d.
+    #[arg(long, default_value = "24h")]
+    pub since: String,
+    /// Rows per list.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+}
+
+impl FleetStatusArgs {
+    pub fn listen(&self) -> anyhow::Result<crate::config::Listen> {
+        match &self.endpoint {
+            Some(e) => e
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("--endpoint: {e}")),
+            None => Ok(crate::config::load(self.config.config.as_deref())?
+                .0
+                .aggregate
+                .listen),
+        }
+    }
+
+    pub fn path(&self) -> String {
+        format!(
+            "/v1/fleet?since={}&top={}",
+            crate::client::encode(&self.since),
+            self.top
+        )
     }
 }
 

@@ -26,7 +26,7 @@ pub fn get(listen: &Listen, path: &str) -> anyhow::Result<String> {
 pub fn get_with_status(listen: &Listen, path: &str) -> anyhow::Result<(u16, String)> {
     let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     let mut raw = Vec::new();
-    let hint = "is the daemon running? (systemctl status tlsmon)";
+    let hint = "is tlsmon (run, or aggregate for the fleet view) listening there?";
     match listen {
         Listen::Tcp(a) => {
             let mut s = std::net::TcpStream::connect_timeout(a, TIMEOUT)

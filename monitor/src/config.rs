@@ -25,6 +25,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub status: StatusConfig,
     pub mqtt: MqttConfig,
+    pub aggregate: AggregateConfig,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -109,6 +110,99 @@ impl Default for MqttConfig {
             outbox_max_age_hours: Bounded(168),
             summary_interval_secs: Bounded(60),
         }
+    }
+}
+
+/// `tlsmon aggregate`, the fleet consumer. It reaches the broker with the `[mqtt]` settings
+/// (broker, prefix, credentials, TLS).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregateConfig {
+    /// `sqlite:/var/lib/tlsmon/fleet.db` (one aggregator) or
+    /// `postgres://user:password@host:5432/db` (several aggregators, one fleet view).
+    pub store: FleetStoreUrl,
+    /// Shared-subscription group: aggregators of one group split the events between them.
+    pub group: TopicLevel,
+    /// MQTT client id; unique per aggregator (default `tlsmon-aggregate-<host id>`). The
+    /// broker keeps its unacknowledged messages while it is away.
+    pub client_id: Option<String>,
+    /// The fleet endpoint (`/v1/fleet`, `/healthz`, `/readyz`, `/metrics`).
+    pub listen: Listen,
+    pub allow_non_loopback: bool,
+    /// Events last seen longer ago than this are deleted from the fleet store.
+    pub retention_days: Bounded<1, 3650>,
+}
+
+impl Default for AggregateConfig {
+    fn default() -> Self {
+        AggregateConfig {
+            store: FleetStoreUrl::Sqlite(PathBuf::from("/var/lib/tlsmon/fleet.db")),
+            group: TopicLevel("tlsmon-aggregators".into()),
+            client_id: None,
+            listen: Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], DEFAULT_FLEET_PORT))),
+            allow_non_loopback: false,
+            retention_days: Bounded(90),
+        }
+    }
+}
+
+pub const DEFAULT_FLEET_PORT: u16 = 9465;
+
+/// Where the fleet view is stored.
+#[derive(Clone, PartialEq, Eq)]
+pub enum FleetStoreUrl {
+    Sqlite(PathBuf),
+    /// A libpq connection URL (may hold a password: never printed).
+    Postgres(String),
+}
+
+impl fmt::Debug for FleetStoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for FleetStoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FleetStoreUrl::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
+            FleetStoreUrl::Postgres(u) => {
+                // postgres://user:secret@host/db -> postgres://user:***@host/db
+                let (scheme, rest) = u.split_once("://").unwrap_or(("postgres", u));
+                match rest.split_once('@') {
+                    Some((auth, host)) => {
+                        let user = auth.split_once(':').map_or(auth, |(u, _)| u);
+                        let hidden = if auth.contains(':') { ":***" } else { "" };
+                        write!(f, "{scheme}://{user}{hidden}@{host}")
+                    }
+                    None => write!(f, "{scheme}://{rest}"),
+                }
+            }
+        }
+    }
+}
+
+impl FromStr for FleetStoreUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            s.parse::<postgres::Config>()
+                .map_err(|e| format!("bad PostgreSQL URL: {e}"))?;
+            return Ok(FleetStoreUrl::Postgres(s.to_owned()));
+        }
+        let path = s.strip_prefix("sqlite:").unwrap_or(s);
+        if !path.starts_with('/') {
+            return Err(format!(
+                "expected sqlite:/absolute/path or postgres://user@host:port/db, got {s:?}"
+            ));
+        }
+        Ok(FleetStoreUrl::Sqlite(PathBuf::from(path)))
+    }
+}
+
+impl<'de> Deserialize<'de> for FleetStoreUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
     }
 }
 
@@ -448,17 +542,29 @@ pub fn parse(text: &str, path: &str) -> Result<Config, ConfigError> {
         let offset = e.span().map_or(0, |s| s.start);
         invalid(offset, e.message().trim().to_owned())
     })?;
-    if let Listen::Tcp(a) = cfg.status.listen
-        && !a.ip().is_loopback()
-        && !cfg.status.allow_non_loopback
-    {
-        let offset = text.find("listen").unwrap_or(0);
-        return Err(invalid(
-            offset,
-            format!(
-                "status.listen = {a} is not a loopback address; set status.allow_non_loopback = true to expose the endpoint"
-            ),
-        ));
+    for (section, listen, allowed) in [
+        ("status", &cfg.status.listen, cfg.status.allow_non_loopback),
+        (
+            "aggregate",
+            &cfg.aggregate.listen,
+            cfg.aggregate.allow_non_loopback,
+        ),
+    ] {
+        if let Listen::Tcp(a) = listen
+            && !a.ip().is_loopback()
+            && !allowed
+        {
+            let offset = text
+                .find(&format!("[{section}]"))
+                .and_then(|i| text[i..].find("listen").map(|j| i + j))
+                .unwrap_or(0);
+            return Err(invalid(
+                offset,
+                format!(
+                    "{section}.listen = {a} is not a loopback address; set {section}.allow_non_loopback = true to expose the endpoint"
+                ),
+            ));
+        }
     }
     let m = &cfg.mqtt;
     let tls_only = [
@@ -537,6 +643,9 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.mqtt != new.mqtt {
         v.push("mqtt");
+    }
+    if old.aggregate != new.aggregate {
+        v.push("aggregate");
     }
     v
 }
@@ -636,6 +745,36 @@ mod tests {
         assert_eq!(
             c.status.listen,
             Listen::Unix(PathBuf::from("/run/tlsmon/s.sock"))
+        );
+    }
+
+    #[test]
+    fn aggregate_section_parses_store_urls_and_hides_passwords() {
+        let c = parse(
+            "[aggregate]\nstore = \"postgres://fleet:s3cret@127.0.0.1:5432/fleet\"\ngroup = \"g1\"\n",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(
+            c.aggregate.store.to_string(),
+            "postgres://fleet:***@127.0.0.1:5432/fleet"
+        );
+        assert!(!format!("{:?}", c.aggregate).contains("s3cret"));
+        assert_eq!(c.aggregate.group.0, "g1");
+        let d = Config::default().aggregate;
+        assert_eq!(d.store.to_string(), "sqlite:/var/lib/tlsmon/fleet.db");
+        assert_eq!(d.listen.to_string(), "127.0.0.1:9465");
+        let e = err("[aggregate]\nstore = \"fleet.db\"\n");
+        assert!(
+            e.contains(":2:") && e.contains("sqlite:/absolute/path"),
+            "{e}"
+        );
+        let e = err("[aggregate]\ngroup = \"a/b\"\n");
+        assert!(e.contains("topic level"), "{e}");
+        let e = err("[aggregate]\nlisten = \"0.0.0.0:9465\"\n");
+        assert!(
+            e.contains(":2:") && e.contains("aggregate.allow_non_loopback"),
+            "{e}"
         );
     }
 

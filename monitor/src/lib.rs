@@ -4,6 +4,7 @@
 //! `events` (typed records) → `flows` (per-connection state, `reassembly` per direction) →
 //! `records` (TLS record headers) → `trace` (what the operator sees).
 
+pub mod aggregate;
 pub mod alerts;
 pub mod analyze;
 pub mod capture;
@@ -14,6 +15,7 @@ pub mod daemon;
 pub mod event;
 pub mod events;
 pub mod filters;
+pub mod fleet;
 pub mod flows;
 pub mod handshake;
 pub mod judge;

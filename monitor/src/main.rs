@@ -36,6 +36,9 @@ fn main() -> std::process::ExitCode {
         }
         Command::Status(a) => Some(status(&a.endpoint)),
         Command::Failures(a) => Some(failures(a)),
+        Command::Fleet(f) => match &f.command {
+            tlsmon::cli::FleetCommand::Status(a) => Some(fleet_status(a)),
+        },
         _ => None,
     };
     if let Some(r) = quick {
@@ -69,7 +72,12 @@ fn main() -> std::process::ExitCode {
                     .await
                     .map(drop)
             }
+            Command::Aggregate(args) => {
+                let (cfg, _) = tlsmon::config::load(args.config.config.as_deref())?;
+                tlsmon::aggregate::run(cfg).await
+            }
             Command::Analyze(_)
+            | Command::Fleet(_)
             | Command::Status(_)
             | Command::Failures(_)
             | Command::CheckConfig(_)
@@ -103,6 +111,17 @@ fn failures(a: &tlsmon::cli::FailuresArgs) -> anyhow::Result<()> {
     } else {
         let v: Vec<serde_json::Value> = serde_json::from_str(&body)?;
         print!("{}", tlsmon::client::failure_table(&v));
+    }
+    Ok(())
+}
+
+fn fleet_status(a: &tlsmon::cli::FleetStatusArgs) -> anyhow::Result<()> {
+    let body = tlsmon::client::get(&a.listen()?, &a.path())?;
+    if a.json {
+        println!("{body}");
+    } else {
+        let v: tlsmon::fleet::view::FleetView = serde_json::from_str(&body)?;
+        print!("{}", tlsmon::fleet::view::text(&v));
     }
     Ok(())
 }

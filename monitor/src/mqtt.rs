@@ -60,6 +60,10 @@ impl Topics {
 /// Everything the publisher needs, files already read (errors surface at start).
 pub struct Settings {
     pub broker: Broker,
+    /// The first topic level.
+    pub prefix: String,
+    /// This host's topic level (the host id, made safe).
+    pub host_level: String,
     pub topics: Topics,
     pub client_id: String,
     pub credentials: Option<(String, String)>,
@@ -124,10 +128,12 @@ impl Settings {
         let host_id = sanitize_level(&host.id);
         Ok(Some(Settings {
             topics: Topics::new(&m.prefix.0, &site, &host_id),
+            prefix: m.prefix.0.clone(),
             client_id: m
                 .client_id
                 .clone()
                 .unwrap_or_else(|| format!("tlsmon-{host_id}")),
+            host_level: host_id,
             broker,
             credentials,
             tls,
@@ -139,17 +145,23 @@ impl Settings {
     }
 
     fn options(&self) -> MqttOptions {
-        let mut o = MqttOptions::new(&self.client_id, &self.broker.host, self.broker.port);
-        o.set_keep_alive(self.keepalive)
-            .set_clean_session(true)
+        let mut o = self.connection_options(&self.client_id);
+        o.set_clean_session(true)
             .set_inflight(WINDOW as u16)
-            .set_max_packet_size(1 << 20, 1 << 20)
             .set_last_will(LastWill::new(
                 &self.topics.status,
                 status_doc(&self.host, &self.site, "offline"),
                 QoS::AtLeastOnce,
                 true,
             ));
+        o
+    }
+
+    /// Broker address, keepalive, credentials and TLS: what every tlsmon client shares.
+    pub fn connection_options(&self, client_id: &str) -> MqttOptions {
+        let mut o = MqttOptions::new(client_id, &self.broker.host, self.broker.port);
+        o.set_keep_alive(self.keepalive)
+            .set_max_packet_size(1 << 20, 1 << 20);
         if let Some((u, p)) = &self.credentials {
             o.set_credentials(u, p);
         }
@@ -228,8 +240,7 @@ impl Publisher {
         writer: SyncSender<Write>,
         shared: SummarySource,
     ) -> Publisher {
-        // rustls needs one crypto provider for the process; ring is the one we build.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_crypto();
         let stats = Arc::new(MqttStats::default());
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(run(settings, db, writer, stats.clone(), shared, stop_rx));
@@ -247,7 +258,7 @@ impl Publisher {
 }
 
 /// Forwards the event loop's notifications (reconnecting with backoff after errors).
-async fn drive(
+pub(crate) async fn drive(
     mut el: EventLoop,
     tx: tokio::sync::mpsc::Sender<Result<Event, String>>,
     broker: String,
@@ -275,7 +286,7 @@ async fn drive(
     }
 }
 
-fn describe(e: &ConnectionError, broker: &str, retry: Duration) -> String {
+pub(crate) fn describe(e: &ConnectionError, broker: &str, retry: Duration) -> String {
     let what = match e {
         ConnectionError::ConnectionRefused(code) => format!(
             "the broker refused the connection ({code:?}){}",
@@ -292,6 +303,11 @@ fn describe(e: &ConnectionError, broker: &str, retry: Duration) -> String {
         other => other.to_string(),
     };
     format!("MQTT broker {broker}: {what}; retrying in {retry:?}, events stay in the outbox")
+}
+
+/// rustls needs one crypto provider for the process; ring is the one we build.
+pub(crate) fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// The publisher's state for one connection.

@@ -14,6 +14,11 @@ use std::{
 
 use serde_json::Value;
 
+mod service;
+pub use service::{Aggregator, Daemon, Endpoint, Service};
+pub mod fleet;
+pub mod load;
+
 /// The tlsmon binary under test.
 pub fn tlsmon_bin() -> PathBuf {
     PathBuf::from(std::env::var("TLSMON_BIN").expect(
@@ -488,205 +493,36 @@ pub fn s<'a>(v: &'a Value, path: &[&str]) -> &'a str {
     cur.as_str().unwrap_or("")
 }
 
-/// A running `tlsmon run` with its own configuration, database and endpoint.
-pub struct Daemon {
-    child: Child,
-    stderr: Arc<Mutex<Vec<String>>>,
-    reader: Option<thread::JoinHandle<()>>,
-    pub dir: TempDir,
-    pub endpoint: SocketAddr,
-}
-
-impl Daemon {
-    /// The config file every daemon of a test uses: its database and endpoint, plus `extra`.
-    pub fn config_text(dir: &TempDir, endpoint: SocketAddr, extra: &str) -> String {
-        format!(
-            "[store]\npath = \"{}\"\n\n[status]\nlisten = \"{endpoint}\"\n\n{extra}\n",
-            dir.path().join("db/tlsmon.db").display()
-        )
-    }
-
-    /// Starts the daemon under test; returns once `/readyz` answers 200 (bounded).
-    pub fn start(extra: &str) -> Daemon {
-        Self::start_bin(&tlsmon_bin(), extra)
-    }
-
-    /// Starts `bin run` (the binary under test, or one a package installed).
-    pub fn start_bin(bin: &Path, extra: &str) -> Daemon {
-        let dir = TempDir::new("daemon");
-        let endpoint: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let cfg = dir.path().join("tlsmon.toml");
-        std::fs::write(&cfg, Self::config_text(&dir, endpoint, extra)).expect("write config");
-        Self::launch(bin, dir, endpoint)
-    }
-
-    /// SIGKILL (no flush, no goodbye); returns the directory with its config and database.
-    pub fn kill(mut self) -> (TempDir, SocketAddr) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let dir = std::mem::replace(&mut self.dir, TempDir(PathBuf::new()));
-        (dir, self.endpoint)
-    }
-
-    /// Starts the daemon under test again on a directory a killed one left.
-    pub fn restart(dir: TempDir, endpoint: SocketAddr) -> Daemon {
-        Self::launch(&tlsmon_bin(), dir, endpoint)
-    }
-
-    fn launch(bin: &Path, dir: TempDir, endpoint: SocketAddr) -> Daemon {
-        let cfg = dir.path().join("tlsmon.toml");
-        let mut child = Command::new(bin)
-            .arg("run")
-            .arg("--config")
-            .arg(&cfg)
-            .env("TLSMON_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start tlsmon run");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let e = stderr.clone();
-        let err = child.stderr.take().expect("stderr");
-        let reader = thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                e.lock().expect("lock").push(line);
-            }
-        });
-        let mut d = Daemon {
-            child,
-            stderr,
-            reader: Some(reader),
-            dir,
-            endpoint,
-        };
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(60) {
-            if d.get("/readyz").0 == 200 {
-                return d;
-            }
-            if let Ok(Some(status)) = d.child.try_wait() {
-                panic!("tlsmon run exited with {status}:\n{}", d.log());
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-        let _ = d.child.kill();
-        panic!("tlsmon run not ready within 60 s:\n{}", d.log());
-    }
-
-    pub fn config_path(&self) -> PathBuf {
-        self.dir.path().join("tlsmon.toml")
-    }
-
-    pub fn db_path(&self) -> PathBuf {
-        self.dir.path().join("db/tlsmon.db")
-    }
-
-    /// What the daemon logged so far.
-    pub fn log(&self) -> String {
-        self.stderr.lock().expect("lock").join("\n")
-    }
-
-    /// Waits (bounded) until a log line contains `needle`.
-    pub fn wait_log(&self, needle: &str, limit: Duration) -> bool {
-        let t0 = Instant::now();
-        while t0.elapsed() < limit {
-            if self.log().contains(needle) {
-                return true;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        false
-    }
-
-    /// HTTP GET on the endpoint: (status code, body); code 0 when unreachable.
-    pub fn get(&self, path: &str) -> (u16, String) {
-        use std::io::{Read, Write};
-        let Ok(mut s) = TcpStream::connect_timeout(&self.endpoint, Duration::from_secs(2)) else {
-            return (0, String::new());
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-        let req = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
-        let mut raw = String::new();
-        if s.write_all(req.as_bytes()).is_err() || s.read_to_string(&mut raw).is_err() {
-            return (0, String::new());
-        }
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-        let code = head
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        (code, body.to_owned())
-    }
-
-    /// GET a JSON document (panics on a non-200 answer).
-    pub fn json(&self, path: &str) -> Value {
-        let (code, body) = self.get(path);
-        assert_eq!(code, 200, "GET {path}: {body}");
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
-    }
-
-    /// Polls `/v1/failures?{query}` (bounded) until `pred` holds for one alert; returns it.
-    pub fn wait_failure(
-        &self,
-        query: &str,
-        limit: Duration,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Option<Value> {
-        let t0 = Instant::now();
-        while t0.elapsed() < limit {
-            let v = self.json(&format!("/v1/failures?{query}"));
-            if let Some(hit) = v.as_array().into_iter().flatten().find(|a| pred(a)) {
-                return Some(hit.clone());
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-        None
-    }
-
-    /// Sends a signal to the daemon.
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our child.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-    }
-
-    /// SIGTERM, bounded wait; returns the exit status and the whole log.
-    pub fn stop(mut self) -> (Option<std::process::ExitStatus>, String) {
-        self.signal(libc::SIGTERM);
-        let status = wait_exit(&mut self.child, Duration::from_secs(30));
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        (status, self.log())
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A real mosquitto on a free loopback port with its own configuration (persistence in a
 /// scratch directory, so a restart keeps durable subscribers' queues).
 pub struct Mosquitto {
     pub port: u16,
     pub dir: TempDir,
     proc: Option<Child>,
+    netns: Option<String>,
 }
 
 impl Mosquitto {
-    /// Starts a broker; `extra` is appended to its configuration.
+    /// Starts a broker on loopback; `extra` is appended to its configuration.
     pub fn start(extra: &str) -> Mosquitto {
+        Self::start_on("127.0.0.1", None, extra)
+    }
+
+    /// Starts a broker inside network namespace `netns`, listening on all its addresses.
+    pub fn start_in(netns: &str, extra: &str) -> Mosquitto {
+        Self::start_on("0.0.0.0", Some(netns), extra)
+    }
+
+    fn start_on(addr: &str, netns: Option<&str>, extra: &str) -> Mosquitto {
         let dir = TempDir::new("mosquitto");
         let port = free_port();
+        // No limit on messages queued for a durable subscriber (the default 1000 would drop
+        // a backlog published while a subscriber reconnects).
         std::fs::write(
             dir.path().join("mosquitto.conf"),
             format!(
-                "listener {port} 127.0.0.1\npersistence true\npersistence_location {}/\n\
-                 log_dest stderr\nuser root\n{extra}\n",
+                "listener {port} {addr}\npersistence true\npersistence_location {}/\n\
+                 log_dest stderr\nuser root\nmax_queued_messages 0\n{extra}\n",
                 dir.path().display()
             ),
         )
@@ -695,6 +531,7 @@ impl Mosquitto {
             port,
             dir,
             proc: None,
+            netns: netns.map(str::to_owned),
         };
         m.up();
         m
@@ -702,7 +539,15 @@ impl Mosquitto {
 
     /// (Re)starts the broker process; waits until it accepts connections.
     pub fn up(&mut self) {
-        let child = Command::new("mosquitto")
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "mosquitto"]);
+                c
+            }
+            None => Command::new("mosquitto"),
+        };
+        let child = cmd
             .arg("-c")
             .arg(self.dir.path().join("mosquitto.conf"))
             .stdin(Stdio::null())
@@ -711,10 +556,28 @@ impl Mosquitto {
             .spawn()
             .expect("start mosquitto (apt install mosquitto)");
         self.proc = Some(child);
-        wait_listening(
-            format!("127.0.0.1:{}", self.port).parse().expect("addr"),
-            Duration::from_secs(10),
-        );
+        match &self.netns {
+            None => wait_listening(
+                format!("127.0.0.1:{}", self.port).parse().expect("addr"),
+                Duration::from_secs(10),
+            ),
+            Some(ns) => {
+                let probe = format!("exec 3<>/dev/tcp/127.0.0.1/{}", self.port);
+                let t0 = Instant::now();
+                while !run_bounded(
+                    Command::new("ip").args(["netns", "exec", ns, "bash", "-c", &probe]),
+                    Duration::from_secs(5),
+                )
+                .0
+                {
+                    assert!(
+                        t0.elapsed() < Duration::from_secs(10),
+                        "mosquitto did not start in {ns}"
+                    );
+                    thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
     }
 
     /// Stops the broker (SIGTERM: it saves its persistent state), bounded.

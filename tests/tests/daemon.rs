@@ -222,7 +222,7 @@ fn sighup_reloads_filters_and_names_what_needs_a_restart() {
     let _server = openssl_server(&pki, addr, &["-tls1_2"]);
     let d = Daemon::start("");
     let extra = "[filters]\nexclude_processes = [\"curl\"]\n";
-    let mut text = Daemon::config_text(&d.dir, d.endpoint, extra);
+    let mut text = Daemon::config_text(&d.dir, &d.endpoint, extra);
     text = text.replace("[store]\n", "[store]\nretention_days = 7\n");
     std::fs::write(d.config_path(), text).expect("rewrite config");
     d.signal(libc::SIGHUP);

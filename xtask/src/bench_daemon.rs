@@ -16,58 +16,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use tlsmon_e2e::load::{client_hello, connect_from, serve};
 
 /// Distinct client addresses (127.0.0.10 ..): enough to trip the per-listener flood summary.
 const PEERS: u8 = 100;
 const CLIENT_THREADS: usize = 8;
 const SERVER_THREADS: usize = 4;
-
-/// A TLS 1.2 ClientHello (one record) with SNI `bench.tlsmon.test`.
-fn client_hello() -> Vec<u8> {
-    let sni = b"bench.tlsmon.test";
-    let mut ext = Vec::new();
-    // server_name: list length, type host_name, name length, name.
-    let sn_len = sni.len() as u16;
-    ext.extend([0x00, 0x00]);
-    ext.extend((sn_len + 5).to_be_bytes());
-    ext.extend((sn_len + 3).to_be_bytes());
-    ext.push(0);
-    ext.extend(sn_len.to_be_bytes());
-    ext.extend(sni);
-    // supported_groups x25519, secp256r1; signature_algorithms rsa_pss_rsae_sha256, ecdsa.
-    ext.extend([0x00, 0x0a, 0x00, 0x06, 0x00, 0x04, 0x00, 0x1d, 0x00, 0x17]);
-    ext.extend([0x00, 0x0d, 0x00, 0x06, 0x00, 0x04, 0x08, 0x04, 0x04, 0x03]);
-    let mut body = vec![0x03, 0x03];
-    body.extend([0x5a; 32]); // random
-    body.push(0); // session id
-    body.extend([0x00, 0x04, 0xc0, 0x2f, 0xc0, 0x2b]); // two ECDHE-GCM suites
-    body.extend([0x01, 0x00]); // null compression
-    body.extend((ext.len() as u16).to_be_bytes());
-    body.extend(ext);
-    let mut hs = vec![0x01];
-    hs.extend(&(body.len() as u32).to_be_bytes()[1..]);
-    hs.extend(body);
-    let mut rec = vec![0x16, 0x03, 0x01];
-    rec.extend((hs.len() as u16).to_be_bytes());
-    rec.extend(hs);
-    rec
-}
-
-/// Fatal handshake_failure (40), TLS 1.2 record.
-const ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28];
-
-fn serve(listener: Arc<TcpListener>, stop: Arc<AtomicBool>) {
-    let mut buf = [0u8; 2048];
-    while !stop.load(Ordering::Relaxed) {
-        let Ok((mut s, _)) = listener.accept() else {
-            continue;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        if matches!(s.read(&mut buf), Ok(n) if n > 0) {
-            let _ = s.write_all(&ALERT);
-        }
-    }
-}
 
 /// One client thread: connections paced to `per_sec` until `until`; returns (made, failed).
 fn storm(server: SocketAddr, first_peer: u8, per_sec: f64, until: Instant) -> (u64, u64) {
@@ -96,38 +50,6 @@ fn storm(server: SocketAddr, first_peer: u8, per_sec: f64, until: Instant) -> (u
         failed += u64::from(ok.is_err());
     }
     (made, failed)
-}
-
-/// TCP connect from a chosen loopback address (std has no bind-before-connect).
-fn connect_from(local: SocketAddr, server: SocketAddr) -> std::io::Result<TcpStream> {
-    use std::os::fd::FromRawFd;
-    let (SocketAddr::V4(l), SocketAddr::V4(r)) = (local, server) else {
-        return Err(std::io::Error::other("IPv4 only"));
-    };
-    let sin = |a: SocketAddrV4| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*a.ip()).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: socket syscalls on a descriptor owned by `stream` (closed on every path).
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let stream = TcpStream::from_raw_fd(fd);
-        let (la, ra) = (sin(l), sin(r));
-        if libc::bind(fd, (&raw const la).cast(), len) != 0
-            || libc::connect(fd, (&raw const ra).cast(), len) != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(stream)
-    }
 }
 
 /// (utime + stime) in clock ticks and VmRSS in KiB of a process.
@@ -323,16 +245,6 @@ pub fn run(bin: &Path, rate: u32, secs: u64) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_storm_client_hello_is_one_well_formed_record() {
-        let h = client_hello();
-        assert_eq!(&h[..3], &[0x16, 0x03, 0x01]);
-        assert_eq!(usize::from(u16::from_be_bytes([h[3], h[4]])), h.len() - 5);
-        let hs_len = u32::from_be_bytes([0, h[6], h[7], h[8]]) as usize;
-        assert_eq!(hs_len, h.len() - 9);
-        assert!(h.windows(17).any(|w| w == b"bench.tlsmon.test"));
-    }
 
     #[test]
     fn metric_sums_every_labelled_sample() {

@@ -1,0 +1,253 @@
+//! One SQL connection, SQLite or PostgreSQL, behind the few calls the fleet store makes:
+//! execute, query into plain cells, and a transaction by statement. Statements are written
+//! once with `$1`-style parameters in the subset both databases accept.
+
+use std::path::Path;
+
+/// A parameter value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Val {
+    Int(i64),
+    Text(String),
+    Null,
+}
+
+/// A result cell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cell {
+    Int(i64),
+    Text(String),
+    Null,
+}
+
+impl Cell {
+    pub fn int(&self) -> i64 {
+        match self {
+            Cell::Int(i) => *i,
+            Cell::Text(t) => t.parse().unwrap_or(0),
+            Cell::Null => 0,
+        }
+    }
+
+    pub fn text(&self) -> String {
+        match self {
+            Cell::Int(i) => i.to_string(),
+            Cell::Text(t) => t.clone(),
+            Cell::Null => String::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    #[error("SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] postgres::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub enum Conn {
+    Sqlite(rusqlite::Connection),
+    Postgres(Box<postgres::Client>),
+}
+
+impl Conn {
+    pub fn sqlite(path: &Path) -> Result<Conn, SqlError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| SqlError::Other(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let c = rusqlite::Connection::open(path)?;
+        c.busy_timeout(std::time::Duration::from_secs(5))?;
+        c.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
+        Ok(Conn::Sqlite(c))
+    }
+
+    /// `url`: a libpq-style URL or key=value string.
+    pub fn postgres(url: &str) -> Result<Conn, SqlError> {
+        let mut cfg: postgres::Config = url.parse()?;
+        cfg.connect_timeout(std::time::Duration::from_secs(10));
+        cfg.application_name("tlsmon-aggregate");
+        Ok(Conn::Postgres(Box::new(cfg.connect(postgres::NoTls)?)))
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Conn::Postgres(_))
+    }
+
+    /// Statements without parameters, separated by `;`.
+    pub fn batch(&mut self, sql: &str) -> Result<(), SqlError> {
+        match self {
+            Conn::Sqlite(c) => c.execute_batch(sql)?,
+            Conn::Postgres(c) => c.batch_execute(sql)?,
+        }
+        Ok(())
+    }
+
+    /// Rows changed.
+    pub fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, SqlError> {
+        match self {
+            Conn::Sqlite(c) => {
+                let mut st = c.prepare_cached(&sqlite_dialect(sql))?;
+                Ok(st.execute(rusqlite::params_from_iter(params.iter().map(sqlite_val)))? as u64)
+            }
+            Conn::Postgres(c) => {
+                let st = c.prepare(sql)?;
+                let boxed = pg_params(params);
+                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                    boxed.iter().map(|b| b.as_ref()).collect();
+                Ok(c.execute(&st, &refs)?)
+            }
+        }
+    }
+
+    pub fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Vec<Cell>>, SqlError> {
+        match self {
+            Conn::Sqlite(c) => {
+                let mut st = c.prepare_cached(&sqlite_dialect(sql))?;
+                let n = st.column_count();
+                let rows = st.query_map(
+                    rusqlite::params_from_iter(params.iter().map(sqlite_val)),
+                    |r| {
+                        (0..n)
+                            .map(|i| {
+                                Ok(match r.get_ref(i)? {
+                                    rusqlite::types::ValueRef::Integer(v) => Cell::Int(v),
+                                    rusqlite::types::ValueRef::Real(v) => Cell::Int(v as i64),
+                                    rusqlite::types::ValueRef::Text(t) => {
+                                        Cell::Text(String::from_utf8_lossy(t).into_owned())
+                                    }
+                                    rusqlite::types::ValueRef::Blob(_)
+                                    | rusqlite::types::ValueRef::Null => Cell::Null,
+                                })
+                            })
+                            .collect::<rusqlite::Result<Vec<Cell>>>()
+                    },
+                )?;
+                Ok(rows.collect::<rusqlite::Result<_>>()?)
+            }
+            Conn::Postgres(c) => {
+                let boxed = pg_params(params);
+                let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                    boxed.iter().map(|b| b.as_ref()).collect();
+                let rows = c.query(sql, &refs)?;
+                rows.iter().map(pg_row).collect()
+            }
+        }
+    }
+
+    /// Runs `f` in one transaction: committed when it returns Ok, rolled back otherwise.
+    pub fn transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut Conn) -> Result<T, SqlError>,
+    ) -> Result<T, SqlError> {
+        self.batch("BEGIN")?;
+        match f(self) {
+            Ok(v) => {
+                self.batch("COMMIT")?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+}
+
+/// `$1` -> `?1` (SQLite's numbered parameters; `$` would be a name there).
+fn sqlite_dialect(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn sqlite_val(v: &Val) -> rusqlite::types::Value {
+    match v {
+        Val::Int(i) => rusqlite::types::Value::Integer(*i),
+        Val::Text(t) => rusqlite::types::Value::Text(t.clone()),
+        Val::Null => rusqlite::types::Value::Null,
+    }
+}
+
+fn pg_params(params: &[Val]) -> Vec<Box<dyn postgres::types::ToSql + Sync>> {
+    params
+        .iter()
+        .map(|v| -> Box<dyn postgres::types::ToSql + Sync> {
+            match v {
+                Val::Int(i) => Box::new(*i),
+                Val::Text(t) => Box::new(t.clone()),
+                Val::Null => Box::new(Option::<String>::None),
+            }
+        })
+        .collect()
+}
+
+fn pg_row(r: &postgres::Row) -> Result<Vec<Cell>, SqlError> {
+    use postgres::types::Type;
+    (0..r.len())
+        .map(|i| {
+            let ty = r.columns()[i].type_().clone();
+            Ok(if ty == Type::INT8 {
+                r.try_get::<_, Option<i64>>(i)?
+                    .map_or(Cell::Null, Cell::Int)
+            } else if ty == Type::INT4 {
+                r.try_get::<_, Option<i32>>(i)?
+                    .map_or(Cell::Null, |v| Cell::Int(v.into()))
+            } else if ty == Type::TEXT || ty == Type::VARCHAR {
+                r.try_get::<_, Option<String>>(i)?
+                    .map_or(Cell::Null, Cell::Text)
+            } else {
+                return Err(SqlError::Other(format!(
+                    "column {} has type {ty}, expected bigint or text",
+                    r.columns()[i].name()
+                )));
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbered_parameters_are_rewritten_for_sqlite_only_where_they_are_parameters() {
+        assert_eq!(
+            sqlite_dialect("SELECT $1, '$x', $12 FROM t WHERE a = $2"),
+            "SELECT ?1, '$x', ?12 FROM t WHERE a = ?2"
+        );
+    }
+
+    #[test]
+    fn sqlite_round_trip_and_rollback() {
+        let dir = std::env::temp_dir().join(format!("tlsmon-sql-{}", std::process::id()));
+        let mut c = Conn::sqlite(&dir.join("t.db")).expect("open");
+        c.batch("CREATE TABLE t (a BIGINT, b TEXT)")
+            .expect("create");
+        c.exec(
+            "INSERT INTO t VALUES ($1, $2)",
+            &[Val::Int(1), Val::Text("x".into())],
+        )
+        .expect("insert");
+        let r: Result<(), SqlError> = c.transaction(|c| {
+            c.exec("INSERT INTO t VALUES ($1, $2)", &[Val::Int(2), Val::Null])?;
+            Err(SqlError::Other("no".into()))
+        });
+        assert!(r.is_err());
+        let rows = c
+            .query("SELECT a, b FROM t ORDER BY a", &[])
+            .expect("query");
+        assert_eq!(rows, vec![vec![Cell::Int(1), Cell::Text("x".into())]]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,391 @@
+//! Long-running tlsmon processes under test: `tlsmon run` ([`Daemon`]) and `tlsmon aggregate`
+//! ([`Aggregator`]), each with its own configuration and scratch directory, its stderr kept,
+//! its HTTP endpoint (TCP on loopback, or a unix socket when it runs in a network
+//! namespace the test cannot reach by TCP).
+
+use std::{
+    fmt,
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream},
+    ops::Deref,
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{TempDir, free_port, tlsmon_bin, wait_exit};
+
+/// Where a service's HTTP endpoint listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl Endpoint {
+    /// A free loopback TCP port.
+    pub fn free_tcp() -> Endpoint {
+        Endpoint::Tcp(format!("127.0.0.1:{}", free_port()).parse().expect("addr"))
+    }
+}
+
+/// As the configuration's `listen` and the CLI's `--endpoint` take it.
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp(a) => write!(f, "{a}"),
+            Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// A tlsmon process with its stderr collected; killed on drop.
+pub struct Service {
+    child: Child,
+    stderr: Arc<Mutex<Vec<String>>>,
+    reader: Option<thread::JoinHandle<()>>,
+    pub endpoint: Endpoint,
+}
+
+impl Service {
+    /// Starts `cmd`; returns once `/readyz` answers 200 (bounded), panics with the log if it
+    /// exits or is not ready in 60 s.
+    pub fn launch(mut cmd: Command, endpoint: Endpoint) -> Service {
+        let mut child = cmd
+            .env("TLSMON_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let e = stderr.clone();
+        let err = child.stderr.take().expect("stderr");
+        let reader = thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                e.lock().expect("lock").push(line);
+            }
+        });
+        let mut s = Service {
+            child,
+            stderr,
+            reader: Some(reader),
+            endpoint,
+        };
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(60) {
+            if s.get("/readyz").0 == 200 {
+                return s;
+            }
+            if let Ok(Some(status)) = s.child.try_wait() {
+                panic!("{cmd:?} exited with {status}:\n{}", s.log());
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        let _ = s.child.kill();
+        panic!("{cmd:?} not ready within 60 s:\n{}", s.log());
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().expect("lock").join("\n")
+    }
+
+    /// Waits (bounded) until a log line contains `needle`.
+    pub fn wait_log(&self, needle: &str, limit: Duration) -> bool {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            if self.log().contains(needle) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// HTTP GET on the endpoint: (status code, body); code 0 when unreachable.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let req = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+        let mut raw = String::new();
+        let timeout = Some(Duration::from_secs(10));
+        let sent = match &self.endpoint {
+            Endpoint::Tcp(a) => {
+                TcpStream::connect_timeout(a, Duration::from_secs(2)).and_then(|mut s| {
+                    s.set_read_timeout(timeout)?;
+                    s.write_all(req.as_bytes())?;
+                    s.read_to_string(&mut raw)
+                })
+            }
+            Endpoint::Unix(p) => UnixStream::connect(p).and_then(|mut s| {
+                s.set_read_timeout(timeout)?;
+                s.write_all(req.as_bytes())?;
+                s.read_to_string(&mut raw)
+            }),
+        };
+        if sent.is_err() {
+            return (0, String::new());
+        }
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        let code = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, body.to_owned())
+    }
+
+    /// GET a JSON document (panics on a non-200 answer).
+    pub fn json(&self, path: &str) -> Value {
+        let (code, body) = self.get(path);
+        assert_eq!(code, 200, "GET {path}: {body}\n{}", self.log());
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// SIGTERM, bounded wait; returns the exit status and the whole log.
+    pub fn stop(mut self) -> (Option<std::process::ExitStatus>, String) {
+        self.signal(libc::SIGTERM);
+        let status = wait_exit(&mut self.child, Duration::from_secs(30));
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        (status, self.log())
+    }
+
+    /// SIGKILL: no flush, no goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `ip netns exec NS` in front of a program, or the program alone.
+fn command_in(netns: Option<&str>, bin: &Path) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    }
+}
+
+/// A running `tlsmon run` with its own configuration, database and endpoint.
+pub struct Daemon {
+    svc: Service,
+    pub dir: TempDir,
+}
+
+impl Deref for Daemon {
+    type Target = Service;
+    fn deref(&self) -> &Service {
+        &self.svc
+    }
+}
+
+impl Daemon {
+    /// The config file every daemon of a test uses: its database and endpoint, plus `extra`.
+    pub fn config_text(dir: &TempDir, endpoint: &Endpoint, extra: &str) -> String {
+        format!(
+            "[store]\npath = \"{}\"\n\n[status]\nlisten = \"{endpoint}\"\n\n{extra}\n",
+            dir.path().join("db/tlsmon.db").display()
+        )
+    }
+
+    /// Starts the daemon under test; returns once `/readyz` answers 200 (bounded).
+    pub fn start(extra: &str) -> Daemon {
+        Self::start_bin(&tlsmon_bin(), extra)
+    }
+
+    /// Starts `bin run` (the binary under test, or one a package installed).
+    pub fn start_bin(bin: &Path, extra: &str) -> Daemon {
+        let dir = TempDir::new("daemon");
+        Self::write_and_launch(bin, dir, Endpoint::free_tcp(), extra, None)
+    }
+
+    /// Starts the daemon inside network namespace `netns` (its endpoint a unix socket).
+    pub fn start_in(netns: &str, extra: &str) -> Daemon {
+        let dir = TempDir::new("daemon");
+        let endpoint = Endpoint::Unix(dir.path().join("status.sock"));
+        Self::write_and_launch(&tlsmon_bin(), dir, endpoint, extra, Some(netns))
+    }
+
+    fn write_and_launch(
+        bin: &Path,
+        dir: TempDir,
+        endpoint: Endpoint,
+        extra: &str,
+        netns: Option<&str>,
+    ) -> Daemon {
+        let cfg = dir.path().join("tlsmon.toml");
+        std::fs::write(&cfg, Self::config_text(&dir, &endpoint, extra)).expect("write config");
+        Self::launch(bin, dir, endpoint, netns)
+    }
+
+    /// SIGKILL (no flush, no goodbye); returns the directory with its config and database.
+    pub fn kill(self) -> (TempDir, Endpoint) {
+        let Daemon { mut svc, dir } = self;
+        svc.kill();
+        (dir, svc.endpoint.clone())
+    }
+
+    /// Starts the daemon under test again on a directory a killed one left.
+    pub fn restart(dir: TempDir, endpoint: Endpoint) -> Daemon {
+        Self::launch(&tlsmon_bin(), dir, endpoint, None)
+    }
+
+    fn launch(bin: &Path, dir: TempDir, endpoint: Endpoint, netns: Option<&str>) -> Daemon {
+        let mut cmd = command_in(netns, bin);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(dir.path().join("tlsmon.toml"));
+        Daemon {
+            svc: Service::launch(cmd, endpoint),
+            dir,
+        }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("tlsmon.toml")
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("db/tlsmon.db")
+    }
+
+    /// Polls `/v1/failures?{query}` (bounded) until `pred` holds for one alert; returns it.
+    pub fn wait_failure(
+        &self,
+        query: &str,
+        limit: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            let v = self.json(&format!("/v1/failures?{query}"));
+            if let Some(hit) = v.as_array().into_iter().flatten().find(|a| pred(a)) {
+                return Some(hit.clone());
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
+    /// The event_ids of every alert in its database (read directly: no endpoint limit).
+    pub fn stored_event_ids(&self) -> std::collections::BTreeSet<String> {
+        let Ok(db) = rusqlite::Connection::open(self.db_path()) else {
+            return Default::default();
+        };
+        let _ = db.busy_timeout(Duration::from_secs(5));
+        let Ok(mut st) = db.prepare("SELECT event_id FROM alerts") else {
+            return Default::default();
+        };
+        st.query_map([], |r| r.get::<_, String>(0))
+            .map(|rows| rows.filter_map(Result::ok).collect())
+            .unwrap_or_default()
+    }
+
+    /// SIGTERM, bounded wait; returns the exit status and the whole log.
+    pub fn stop(self) -> (Option<std::process::ExitStatus>, String) {
+        self.svc.stop()
+    }
+}
+
+/// A running `tlsmon aggregate` (endpoint on a unix socket in its directory).
+pub struct Aggregator {
+    svc: Service,
+    pub dir: TempDir,
+}
+
+impl Deref for Aggregator {
+    type Target = Service;
+    fn deref(&self) -> &Service {
+        &self.svc
+    }
+}
+
+impl Aggregator {
+    /// `store`: `sqlite:/path` or a PostgreSQL URL; `None` puts SQLite in its directory.
+    pub fn start(
+        netns: Option<&str>,
+        broker: &str,
+        store: Option<&str>,
+        group: &str,
+        client_id: &str,
+    ) -> Aggregator {
+        let dir = TempDir::new("aggregate");
+        let endpoint = Endpoint::Unix(dir.path().join("fleet.sock"));
+        let store = store.map_or_else(
+            || format!("sqlite:{}", dir.path().join("fleet.db").display()),
+            str::to_owned,
+        );
+        let cfg = dir.path().join("aggregate.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[mqtt]\nbroker = \"{broker}\"\nkeepalive_secs = 5\n\n[aggregate]\nstore = \"{store}\"\n\
+                 group = \"{group}\"\nclient_id = \"{client_id}\"\nlisten = \"{endpoint}\"\n"
+            ),
+        )
+        .expect("write config");
+        Self::restart(dir, netns)
+    }
+
+    /// SIGKILL; returns its directory (configuration, SQLite store).
+    pub fn kill(self) -> TempDir {
+        let Aggregator { mut svc, dir } = self;
+        svc.kill();
+        dir
+    }
+
+    /// Starts an aggregator on the directory (configuration) of a killed one.
+    pub fn restart(dir: TempDir, netns: Option<&str>) -> Aggregator {
+        let mut cmd = command_in(netns, &tlsmon_bin());
+        cmd.arg("aggregate")
+            .arg("--config")
+            .arg(dir.path().join("aggregate.toml"));
+        Aggregator {
+            svc: Service::launch(cmd, Endpoint::Unix(dir.path().join("fleet.sock"))),
+            dir,
+        }
+    }
+
+    /// `/v1/fleet` over the last hour.
+    pub fn fleet(&self) -> Value {
+        self.json("/v1/fleet?since=1h&top=50")
+    }
+
+    /// `tlsmon fleet status` against this aggregator: (success, stdout + stderr).
+    pub fn fleet_status(&self, extra: &[&str]) -> (bool, String) {
+        crate::run_bounded(
+            Command::new(tlsmon_bin())
+                .args(["fleet", "status", "--since", "1h", "--endpoint"])
+                .arg(self.endpoint.to_string())
+                .args(extra),
+            Duration::from_secs(20),
+        )
+    }
+
+    /// SIGTERM, bounded wait; returns the exit status and the whole log.
+    pub fn stop(self) -> (Option<std::process::ExitStatus>, String) {
+        self.svc.stop()
+    }
+}

@@ -1,0 +1,333 @@
+//! `tlsmon aggregate` with a real mosquitto, real daemons and real failing handshakes: the
+//! fleet view in SQLite (one aggregator, killed and restarted without loss) and in a real
+//! PostgreSQL shared by two aggregators of one shared-subscription group, fed by daemons
+//! in their own network namespaces (each event counted exactly once, whichever aggregator
+//! answers). Needs root (`sudo ./x test`).
+
+use std::{
+    collections::BTreeSet,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use tlsmon_e2e::{
+    Aggregator, Daemon, Mosquitto, fleet::Netns, fleet::Postgres, run_bounded, spawn,
+    tls12_self_signed_server,
+};
+
+fn curl_in(netns: Option<&Netns>, from: &str, url: &str) -> bool {
+    let mut cmd = match netns {
+        Some(ns) => ns.exec("curl"),
+        None => Command::new("curl"),
+    };
+    cmd.args([
+        "-sS",
+        "-o",
+        "/dev/null",
+        "--max-time",
+        "5",
+        "--interface",
+        from,
+        url,
+    ]);
+    run_bounded(&mut cmd, Duration::from_secs(10)).0
+}
+
+fn daemon_config(host: &str, broker: &str, extra: &str) -> String {
+    format!(
+        "[host]\nid = \"{host}\"\nname = \"{host}.lab\"\nsite = \"lab\"\n\n[alerts]\nflood_peers = 100000\n\n\
+         {extra}\n\n[mqtt]\nbroker = \"{broker}\"\nkeepalive_secs = 5\nsummary_interval_secs = 5\n"
+    )
+}
+
+/// Polls (bounded) until `pred` holds for the aggregator's fleet view; returns the view.
+fn wait_view(a: &Aggregator, limit: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        let v = a.fleet();
+        if pred(&v) {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+fn host_state(v: &Value, host: &str) -> String {
+    v["by_host"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|h| h["host_id"] == host)
+        .map_or_else(String::new, |h| {
+            h["state"].as_str().unwrap_or("").to_owned()
+        })
+}
+
+fn events(v: &Value) -> u64 {
+    v["totals"]["events"].as_u64().unwrap_or(0)
+}
+
+#[test]
+#[ignore = "root: loads eBPF programs (sudo ./x test)"]
+fn a_failure_reaches_the_fleet_view_and_an_aggregator_restart_loses_nothing() {
+    let broker = Mosquitto::start("allow_anonymous true");
+    let agg = Aggregator::start(None, &broker.url(), None, "fleet", "agg-sqlite");
+    let (_pki, _server, port) = tls12_self_signed_server();
+    let d = Daemon::start(&daemon_config("web-1", &broker.url(), ""));
+    assert!(
+        wait_view(&agg, Duration::from_secs(15), |v| host_state(v, "web-1")
+            == "online")
+        .is_some(),
+        "host never online:\n{}\n{}",
+        agg.log(),
+        d.log()
+    );
+    assert!(!curl_in(
+        None,
+        "127.0.0.1",
+        &format!("https://127.0.0.1:{port}/")
+    ));
+    let failed_at = Instant::now();
+    let v = wait_view(&agg, Duration::from_secs(15), |v| {
+        v["by_process"].as_array().into_iter().flatten().any(|r| {
+            r["name"].as_str().is_some_and(|n| n.ends_with("curl")) && r["cause"] == "self_signed"
+        })
+    })
+    .unwrap_or_else(|| panic!("not in the fleet view:\n{}\n{}", agg.log(), d.log()));
+    println!(
+        "curl's failure in the fleet view {} ms after curl exited",
+        failed_at.elapsed().as_millis()
+    );
+    assert_eq!(v["schema"], "tlsmon.fleet/1");
+    assert!(
+        v["store"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("sqlite:")),
+        "{v}"
+    );
+    let server = format!("127.0.0.1:{port}");
+    assert!(
+        v["by_server"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["name"] == server.as_str()),
+        "{v:#}"
+    );
+    let (ok, text) = agg.fleet_status(&[]);
+    assert!(ok, "{text}");
+    for needle in ["self_signed", "lab/web-1.lab", "online", &server, "curl"] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+
+    // The aggregator is killed; failures go on; it comes back with the same client id and
+    // gets what the broker kept for its session. Nothing lost, nothing counted twice.
+    let dir = agg.kill();
+    for i in 0..10 {
+        assert!(!curl_in(
+            None,
+            &format!("127.0.3.{}", 10 + i),
+            &format!("https://127.0.0.1:{port}/")
+        ));
+    }
+    let t0 = Instant::now();
+    let mut stored = d.stored_event_ids();
+    while stored.len() < 12 && t0.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(100));
+        stored = d.stored_event_ids();
+    }
+    assert!(stored.len() >= 12, "{stored:?}");
+    let agg = Aggregator::restart(dir, None);
+    let want = stored.len() as u64;
+    let v = wait_view(&agg, Duration::from_secs(30), |v| events(v) >= want);
+    let v = v.unwrap_or_else(|| {
+        panic!(
+            "fleet has {} of {want}:\n{}",
+            events(&agg.fleet()),
+            agg.log()
+        )
+    });
+    assert_eq!(events(&v), want, "{v:#}");
+    let stats = agg.json("/v1/aggregator");
+    println!("after restart: {stats}");
+
+    // A clean stop of the daemon is seen as offline.
+    let (status, log) = d.stop();
+    assert!(status.is_some_and(|s| s.success()), "{log}");
+    assert!(
+        wait_view(&agg, Duration::from_secs(15), |v| host_state(v, "web-1")
+            == "offline")
+        .is_some(),
+        "{}",
+        agg.log()
+    );
+    let (status, log) = agg.stop();
+    assert!(status.is_some_and(|s| s.success()), "{log}");
+}
+
+/// `openssl s_server -tls1_2`, self-signed, inside `ns` on `addr`.
+fn server_in(ns: &Netns, pki: &tlsmon_e2e::TempDir, addr: &str) -> tlsmon_e2e::Bg {
+    let bg = spawn(
+        ns.exec("openssl")
+            .args(["s_server", "-quiet", "-tls1_2", "-accept", addr])
+            .arg("-cert")
+            .arg(pki.path().join("cert.pem"))
+            .arg("-key")
+            .arg(pki.path().join("key.pem")),
+    );
+    let probe = format!("exec 3<>/dev/tcp/{}", addr.replacen(':', "/", 1));
+    let t0 = Instant::now();
+    while !run_bounded(ns.exec("bash").args(["-c", &probe]), Duration::from_secs(5)).0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "s_server did not listen on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bg
+}
+
+#[test]
+#[ignore = "root: loads eBPF programs, creates network namespaces (sudo ./x test)"]
+fn two_hosts_two_aggregators_one_postgres_count_each_event_once() {
+    let bk = Netns::create("bk");
+    let hosts = [Netns::create("h1"), Netns::create("h2")];
+    let broker_ips: Vec<String> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| bk.link(h, i as u8 + 1).0)
+        .collect();
+    let broker = Mosquitto::start_in(&bk.0, "allow_anonymous true");
+    let pg = Postgres::start(Some(&bk));
+    let local_broker = format!("mqtt://127.0.0.1:{}", broker.port);
+    let aggs = [
+        Aggregator::start(
+            Some(&bk.0),
+            &local_broker,
+            Some(&pg.url()),
+            "fleet",
+            "agg-a",
+        ),
+        Aggregator::start(
+            Some(&bk.0),
+            &local_broker,
+            Some(&pg.url()),
+            "fleet",
+            "agg-b",
+        ),
+    ];
+    // One daemon per host namespace, each reporting the loopback range its host uses (every
+    // daemon sees the whole machine's sockets; the filter makes each a separate "host").
+    let daemons: Vec<Daemon> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| {
+            let extra = format!("[filters]\ninclude_peers = [\"127.0.{}.0/24\"]", i + 1);
+            let broker = format!("mqtt://{}:{}", broker_ips[i], broker.port);
+            Daemon::start_in(
+                &ns.0,
+                &daemon_config(&format!("host-{}", i + 1), &broker, &extra),
+            )
+        })
+        .collect();
+    for a in &aggs {
+        assert!(
+            wait_view(a, Duration::from_secs(20), |v| {
+                host_state(v, "host-1") == "online" && host_state(v, "host-2") == "online"
+            })
+            .is_some(),
+            "hosts not online:\n{}\n{}\n{}",
+            a.log(),
+            daemons[0].log(),
+            daemons[1].log()
+        );
+    }
+    // Real failures inside each host's namespace: curl from 12 addresses against a TLS 1.2
+    // server with a self-signed certificate.
+    let pki = tlsmon_e2e::self_signed_cert();
+    for (i, ns) in hosts.iter().enumerate() {
+        let addr = format!("127.0.{}.1:8443", i + 1);
+        let _server = server_in(ns, &pki, &addr);
+        for p in 0..12 {
+            let from = format!("127.0.{}.{}", i + 1, 10 + p);
+            assert!(!curl_in(Some(ns), &from, &format!("https://{addr}/")));
+        }
+        // Let the server-side verdicts settle before the server goes away.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // What the hosts stored is what the fleet must hold, once.
+    let t0 = Instant::now();
+    let stored =
+        || -> BTreeSet<String> { daemons.iter().flat_map(|d| d.stored_event_ids()).collect() };
+    while stored().len() < 2 * 13 && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let expected = stored();
+    assert!(expected.len() >= 26, "{} stored", expected.len());
+    let want = expected.len() as u64;
+    let views: Vec<Value> = aggs
+        .iter()
+        .map(|a| {
+            wait_view(a, Duration::from_secs(30), |v| events(v) >= want).unwrap_or_else(|| {
+                panic!("fleet has {} of {want}:\n{}", events(&a.fleet()), a.log())
+            })
+        })
+        .collect();
+    let in_pg: BTreeSet<String> = pg
+        .psql("fleet", "SELECT event_id FROM fleet_events")
+        .expect("psql")
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        in_pg, expected,
+        "PostgreSQL holds exactly the events the hosts stored"
+    );
+    let stats: Vec<Value> = aggs.iter().map(|a| a.json("/v1/aggregator")).collect();
+    let new: u64 = stats
+        .iter()
+        .map(|s| s["new_events"].as_u64().unwrap_or(0))
+        .sum();
+    println!(
+        "{want} events; aggregator a stored {} new ({} duplicates), b {} new ({} duplicates)",
+        stats[0]["new_events"],
+        stats[0]["duplicates"],
+        stats[1]["new_events"],
+        stats[1]["duplicates"]
+    );
+    assert_eq!(
+        new, want,
+        "each event is new to exactly one aggregator: {stats:?}"
+    );
+    assert!(
+        stats.iter().all(|s| s["new_events"].as_u64() > Some(0)),
+        "the shared subscription splits the events: {stats:?}"
+    );
+    // Whichever aggregator answers, the view is the same (ignoring when it was generated).
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        v["generated"] = Value::Null;
+        v["since"] = Value::Null;
+        v
+    };
+    assert_eq!(strip(&views[0]), strip(&views[1]));
+    let v = &views[0];
+    assert_eq!(v["totals"]["failing_hosts"], 2, "{v:#}");
+    let top_server = &v["by_server"][0];
+    assert_eq!(top_server["cause"], "self_signed", "{v:#}");
+    for (i, a) in aggs.iter().enumerate() {
+        let (ok, text) = a.fleet_status(&[]);
+        assert!(ok, "{text}");
+        if i == 0 {
+            println!("tlsmon fleet status:\n{text}");
+        }
+        for needle in ["lab/host-1.lab", "lab/host-2.lab", "self_signed", "curl"] {
+            assert!(
+                text.contains(needle),
+                "aggregator {i}: {needle:?} missing:\n{text}"
+            );
+        }
+    }
+}
