@@ -436,3 +436,73 @@ fn a_full_outbox_drops_the_oldest_and_publishes_a_gap_record() {
         "published events + {dropped} dropped < {all}"
     );
 }
+
+#[test]
+#[ignore = "root: loads eBPF programs (sudo ./x test)"]
+fn a_stream_of_10000_events_survives_a_30_s_broker_outage_without_loss() {
+    use tlsmon_e2e::load::{AlertServer, fail_once, peer};
+    const EVENTS: u32 = 10_000;
+    let mut broker = Mosquitto::start("allow_anonymous true");
+    let sub = Subscriber::start(broker.port, "tlsmon/v1/+/+/events", &[]);
+    let server = AlertServer::start(2).expect("alert server");
+    // Every peer address its own alert: no flood summary.
+    let d = Daemon::start(&format!(
+        "[host]\nid = \"stream-host\"\n\n[alerts]\nflood_peers = 1000000\n\n\
+         [mqtt]\nbroker = \"{}\"\nkeepalive_secs = 5\n",
+        broker.url()
+    ));
+    // 10,000 failing handshakes from 10,000 addresses, paced over about 40 s.
+    let addr = server.addr;
+    let stream = std::thread::spawn(move || {
+        let t0 = std::time::Instant::now();
+        let mut failed = 0;
+        for n in 0..EVENTS {
+            let due = Duration::from_millis(u64::from(n) * 4);
+            if let Some(wait) = due.checked_sub(t0.elapsed()) {
+                std::thread::sleep(wait);
+            }
+            failed += u32::from(fail_once(peer(n), addr).is_err());
+        }
+        failed
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    broker.down();
+    let down_at = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(30));
+    broker.up();
+    println!("broker down for {:.1} s", down_at.elapsed().as_secs_f64());
+    assert_eq!(
+        stream.join().expect("stream"),
+        0,
+        "connections that failed to connect"
+    );
+    // The server side of every connection is its own alert; the client side is one more.
+    let t0 = std::time::Instant::now();
+    let mut expected = d.stored_event_ids();
+    while expected.len() < EVENTS as usize + 1 && t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(500));
+        expected = d.stored_event_ids();
+    }
+    assert!(
+        expected.len() > EVENTS as usize,
+        "the daemon stored {} alerts",
+        expected.len()
+    );
+    let t0 = std::time::Instant::now();
+    let mut received = received_ids(&sub);
+    while !expected.is_subset(&received) && t0.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(500));
+        received = received_ids(&sub);
+    }
+    let missing = expected.difference(&received).count();
+    let messages = sub.messages().len();
+    println!(
+        "{} events stored, {} distinct received, {} messages ({} duplicates or count updates), {missing} missing",
+        expected.len(),
+        received.len(),
+        messages,
+        messages - received.len()
+    );
+    assert_eq!(missing, 0, "{}", d.log());
+    drop(server);
+}
