@@ -118,7 +118,7 @@ impl Default for MqttConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AggregateConfig {
-    /// `sqlite:/var/lib/tlsmon/fleet.db` (one aggregator) or
+    /// `sqlite:/var/lib/tlsmon-aggregate/fleet.db` (one aggregator) or
     /// `postgres://user:password@host:5432/db` (several aggregators, one fleet view).
     pub store: FleetStoreUrl,
     /// Shared-subscription group: aggregators of one group split the events between them.
@@ -136,7 +136,7 @@ pub struct AggregateConfig {
 impl Default for AggregateConfig {
     fn default() -> Self {
         AggregateConfig {
-            store: FleetStoreUrl::Sqlite(PathBuf::from("/var/lib/tlsmon/fleet.db")),
+            store: FleetStoreUrl::Sqlite(PathBuf::from("/var/lib/tlsmon-aggregate/fleet.db")),
             group: TopicLevel("tlsmon-aggregators".into()),
             client_id: None,
             listen: Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], DEFAULT_FLEET_PORT))),
@@ -762,7 +762,10 @@ mod tests {
         assert!(!format!("{:?}", c.aggregate).contains("s3cret"));
         assert_eq!(c.aggregate.group.0, "g1");
         let d = Config::default().aggregate;
-        assert_eq!(d.store.to_string(), "sqlite:/var/lib/tlsmon/fleet.db");
+        assert_eq!(
+            d.store.to_string(),
+            "sqlite:/var/lib/tlsmon-aggregate/fleet.db"
+        );
         assert_eq!(d.listen.to_string(), "127.0.0.1:9465");
         let e = err("[aggregate]\nstore = \"fleet.db\"\n");
         assert!(

@@ -682,6 +682,17 @@ impl Subscriber {
         self.lines.lock().expect("lock").clone()
     }
 
+    /// How many messages arrived so far (cheap: no parsing).
+    pub fn count(&self) -> usize {
+        let lines = self.lines.lock().expect("lock");
+        // `topic payload` lines; mosquitto_sub's own lines ("Client ...", errors) have no '/'
+        // before the first space.
+        lines
+            .iter()
+            .filter(|l| l.split_once(' ').is_some_and(|(t, _)| t.contains('/')))
+            .count()
+    }
+
     /// Received messages: (topic, JSON payload); debug lines are left out.
     pub fn messages(&self) -> Vec<(String, Value)> {
         self.raw()

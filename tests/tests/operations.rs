@@ -92,24 +92,31 @@ fn the_package_installs_into_a_scratch_root_enables_its_unit_and_its_daemon_repo
         "{target:?}"
     );
 
-    // The installed unit verifies, with its ExecStart pointing into the scratch root.
-    let unit_text =
-        std::fs::read_to_string(r.join("usr/lib/systemd/system/tlsmon.service")).expect("unit");
-    let unit = r.join("tlsmon.service");
-    std::fs::write(
-        &unit,
-        unit_text.replace("/usr/bin/tlsmon", &bin.display().to_string()),
-    )
-    .expect("write unit");
-    let out = Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(&unit)
-        .output()
-        .expect("systemd-analyze");
+    // The installed units verify, with ExecStart pointing into the scratch root; the
+    // aggregator's unit is shipped but not enabled.
+    for name in ["tlsmon.service", "tlsmon-aggregate.service"] {
+        let unit_text = std::fs::read_to_string(r.join("usr/lib/systemd/system").join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let unit = r.join(name);
+        std::fs::write(
+            &unit,
+            unit_text.replace("/usr/bin/tlsmon", &bin.display().to_string()),
+        )
+        .expect("write unit");
+        let out = Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(&unit)
+            .output()
+            .expect("systemd-analyze");
+        assert!(
+            out.status.success(),
+            "systemd-analyze verify {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     assert!(
-        out.status.success(),
-        "systemd-analyze verify: {}",
-        String::from_utf8_lossy(&out.stderr)
+        !r.join("etc/systemd/system/multi-user.target.wants/tlsmon-aggregate.service")
+            .exists()
     );
     let (ok, checked) = run_bounded(
         Command::new(&bin)

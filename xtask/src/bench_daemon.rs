@@ -53,7 +53,7 @@ fn storm(server: SocketAddr, first_peer: u8, per_sec: f64, until: Instant) -> (u
 }
 
 /// (utime + stime) in clock ticks and VmRSS in KiB of a process.
-fn proc_usage(pid: u32) -> Option<(u64, u64)> {
+pub fn proc_usage(pid: u32) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = stat.rsplit_once(')')?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();

@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 
 mod bench_analyze;
 mod bench_daemon;
+mod bench_mqtt;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -69,6 +70,19 @@ enum Bench {
         /// Interleaved rounds (the median is reported).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+    },
+    /// The MQTT publishing path (outbox + publisher) against a real mosquitto: sustained
+    /// events/s end to end, and the time to drain a backlog after a broker outage.
+    Mqtt {
+        /// Target events per second.
+        #[arg(long, default_value_t = 20_000)]
+        rate: u64,
+        /// Seconds of sustained load.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+        /// Events queued while the broker is down.
+        #[arg(long, default_value_t = 100_000)]
+        backlog: u64,
     },
     /// The daemon (root, eBPF attached) under a storm of failing handshakes on loopback.
     Daemon {
@@ -287,6 +301,34 @@ fn main() -> Result<()> {
                 bail!("the daemon bench loads eBPF programs and needs root");
             }
             let report = bench_daemon::run(&build()?, rate.max(1), secs.max(1))?;
+            println!("xtask: {report}");
+            Ok(())
+        }
+        Cmd::Bench {
+            what:
+                Bench::Mqtt {
+                    rate,
+                    secs,
+                    backlog,
+                },
+        } => {
+            // The same release build of the library as the daemon's (eBPF included).
+            run(cargo()
+                .args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "monitor",
+                    "--example",
+                    "mqtt_load",
+                ])
+                .env("TLSMON_BUILD_EBPF", "1"))?;
+            let report = bench_mqtt::run(
+                &root().join("target/release/examples/mqtt_load"),
+                rate.max(1),
+                secs.max(1),
+                backlog.max(1),
+            )?;
             println!("xtask: {report}");
             Ok(())
         }
