@@ -19,12 +19,11 @@ use anyhow::Context;
 use axum::{
     Json, Router,
     extract::{Query, State},
-    http::{StatusCode, header},
+    http::StatusCode,
     response::{IntoResponse, Response},
     routing::get,
 };
 use prometheus_client::{
-    encoding::text::encode,
     metrics::{counter::Counter, gauge::Gauge},
     registry::Registry,
 };
@@ -101,11 +100,7 @@ impl AggMetrics {
     }
 
     fn encode(&self) -> String {
-        let mut out = String::new();
-        if encode(&mut out, &self.registry).is_err() {
-            out.clear();
-        }
-        out
+        crate::metrics::encode_registry(&self.registry)
     }
 }
 
@@ -136,7 +131,7 @@ fn store_thread(url: crate::config::FleetStoreUrl, jobs: mpsc::Receiver<Job>, ok
                 Err(e) => tracing::warn!(store = %url, "fleet store: {e}"),
             }
         }
-        let result = match (&mut store, job) {
+        let failed = match (&mut store, job) {
             (Some(s), Job::Record(batch, reply)) => {
                 let r = s.record(&batch, now_ms() as i64).map_err(|e| e.to_string());
                 let failed = r.is_err();
@@ -179,8 +174,8 @@ fn store_thread(url: crate::config::FleetStoreUrl, jobs: mpsc::Receiver<Job>, ok
             }
             (None, Job::Prune(_)) => true,
         };
-        ok.store(!result, Ordering::Relaxed);
-        if result {
+        ok.store(!failed, Ordering::Relaxed);
+        if failed {
             // Reconnect next time (the connection may be what failed).
             store = None;
         }
@@ -476,14 +471,7 @@ async fn readyz(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.encode(),
-    )
-        .into_response()
+    crate::status::openmetrics(s.metrics.encode())
 }
 
 async fn aggregator(State(s): State<Arc<Shared>>) -> Response {

@@ -123,15 +123,21 @@ pub struct EndpointArgs {
 
 impl EndpointArgs {
     pub fn listen(&self) -> anyhow::Result<crate::config::Listen> {
-        match &self.endpoint {
-            Some(e) => e
-                .parse()
-                .map_err(|e: String| anyhow::anyhow!("--endpoint: {e}")),
-            None => Ok(crate::config::load(self.config.config.as_deref())?
-                .0
-                .status
-                .listen),
-        }
+        resolve_endpoint(self.endpoint.as_deref(), &self.config, |c| c.status.listen)
+    }
+}
+
+/// `--endpoint` when given, else the address the configuration's `section` listens on.
+fn resolve_endpoint(
+    endpoint: Option<&str>,
+    config: &ConfigArg,
+    section: impl FnOnce(crate::config::Config) -> crate::config::Listen,
+) -> anyhow::Result<crate::config::Listen> {
+    match endpoint {
+        Some(e) => e
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--endpoint: {e}")),
+        None => Ok(section(crate::config::load(config.config.as_deref())?.0)),
     }
 }
 
@@ -169,15 +175,9 @@ pub struct FleetStatusArgs {
 
 impl FleetStatusArgs {
     pub fn listen(&self) -> anyhow::Result<crate::config::Listen> {
-        match &self.endpoint {
-            Some(e) => e
-                .parse()
-                .map_err(|e: String| anyhow::anyhow!("--endpoint: {e}")),
-            None => Ok(crate::config::load(self.config.config.as_deref())?
-                .0
-                .aggregate
-                .listen),
-        }
+        resolve_endpoint(self.endpoint.as_deref(), &self.config, |c| {
+            c.aggregate.listen
+        })
     }
 
     pub fn path(&self) -> String {

@@ -116,12 +116,17 @@ impl Metrics {
 
     /// Prometheus text exposition format.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        if encode(&mut out, &self.registry).is_err() {
-            out.clear();
-        }
-        out
+        encode_registry(&self.registry)
     }
+}
+
+/// A registry in the text exposition format (empty if encoding fails).
+pub fn encode_registry(registry: &Registry) -> String {
+    let mut out = String::new();
+    if encode(&mut out, registry).is_err() {
+        out.clear();
+    }
+    out
 }
 
 /// Raises a counter to a total kept elsewhere (kernel and store counters only grow).

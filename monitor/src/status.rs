@@ -144,12 +144,17 @@ async fn readyz(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+    openmetrics(s.metrics.encode())
+}
+
+/// A `/metrics` answer.
+pub fn openmetrics(body: String) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        s.metrics.encode(),
+        body,
     )
         .into_response()
 }

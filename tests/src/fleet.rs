@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{Bg, TempDir, free_port, run_bounded, spawn};
+use crate::{Bg, TempDir, command_in, free_port, run_bounded, spawn};
 
 /// A network namespace we created (deleted on drop), its loopback up.
 pub struct Netns(pub String);
@@ -51,9 +51,7 @@ impl Netns {
 
     /// `ip netns exec NAME program args...`
     pub fn exec(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.0, program]);
-        c
+        command_in(Some(&self.0), program)
     }
 }
 
@@ -127,10 +125,7 @@ impl Postgres {
         );
         assert!(ok, "initdb: {out}");
         let port = free_port();
-        let mut cmd = match netns {
-            Some(ns) => ns.exec("runuser"),
-            None => Command::new("runuser"),
-        };
+        let mut cmd = command_in(netns.map(|n| n.0.as_str()), "runuser");
         cmd.args(["-u", "postgres", "--"])
             .arg(bin.join("postgres"))
             .arg("-D")

@@ -60,6 +60,53 @@ pub fn free_port() -> u16 {
         .expect("bind")
 }
 
+/// `ip netns exec NETNS program`, or the program alone.
+pub fn command_in(netns: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// Waits (at most `limit`) until something accepts TCP connections at `addr` ("ip:port")
+/// inside network namespace `netns` (probed from there with bash's /dev/tcp).
+pub fn wait_listening_in(netns: &str, addr: &str, limit: Duration) {
+    let probe = format!("exec 3<>/dev/tcp/{}", addr.replacen(':', "/", 1));
+    let t0 = Instant::now();
+    while !run_bounded(
+        command_in(Some(netns), "bash").args(["-c", &probe]),
+        Duration::from_secs(5),
+    )
+    .0
+    {
+        assert!(t0.elapsed() < limit, "nothing listens on {addr} in {netns}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `curl URL` from source address `from` (inside `netns` when given), bounded; true when
+/// it succeeded.
+pub fn curl_from(netns: Option<&str>, from: &str, url: &str) -> bool {
+    run_bounded(
+        command_in(netns, "curl").args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "5",
+            "--interface",
+            from,
+            url,
+        ]),
+        Duration::from_secs(10),
+    )
+    .0
+}
+
 /// Waits (at most `limit`) until something accepts TCP connections at `addr`.
 pub fn wait_listening(addr: SocketAddr, limit: Duration) {
     let t0 = Instant::now();
@@ -539,15 +586,7 @@ impl Mosquitto {
 
     /// (Re)starts the broker process; waits until it accepts connections.
     pub fn up(&mut self) {
-        let mut cmd = match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, "mosquitto"]);
-                c
-            }
-            None => Command::new("mosquitto"),
-        };
-        let child = cmd
+        let child = command_in(self.netns.as_deref(), "mosquitto")
             .arg("-c")
             .arg(self.dir.path().join("mosquitto.conf"))
             .stdin(Stdio::null())
@@ -561,22 +600,11 @@ impl Mosquitto {
                 format!("127.0.0.1:{}", self.port).parse().expect("addr"),
                 Duration::from_secs(10),
             ),
-            Some(ns) => {
-                let probe = format!("exec 3<>/dev/tcp/127.0.0.1/{}", self.port);
-                let t0 = Instant::now();
-                while !run_bounded(
-                    Command::new("ip").args(["netns", "exec", ns, "bash", "-c", &probe]),
-                    Duration::from_secs(5),
-                )
-                .0
-                {
-                    assert!(
-                        t0.elapsed() < Duration::from_secs(10),
-                        "mosquitto did not start in {ns}"
-                    );
-                    thread::sleep(Duration::from_millis(100));
-                }
-            }
+            Some(ns) => wait_listening_in(
+                ns,
+                &format!("127.0.0.1:{}", self.port),
+                Duration::from_secs(10),
+            ),
         }
     }
 

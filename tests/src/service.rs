@@ -18,7 +18,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{TempDir, free_port, tlsmon_bin, wait_exit};
+use crate::{TempDir, command_in, free_port, tlsmon_bin, wait_exit};
 
 /// Where a service's HTTP endpoint listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,18 +173,6 @@ impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// `ip netns exec NS` in front of a program, or the program alone.
-fn command_in(netns: Option<&str>, bin: &Path) -> Command {
-    match netns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns]).arg(bin);
-            c
-        }
-        None => Command::new(bin),
     }
 }
 
@@ -358,7 +346,7 @@ impl Aggregator {
 
     /// Starts an aggregator on the directory (configuration) of a killed one.
     pub fn restart(dir: TempDir, netns: Option<&str>) -> Aggregator {
-        let mut cmd = command_in(netns, &tlsmon_bin());
+        let mut cmd = command_in(netns, tlsmon_bin());
         cmd.arg("aggregate")
             .arg("--config")
             .arg(dir.path().join("aggregate.toml"));

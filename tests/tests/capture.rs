@@ -247,16 +247,8 @@ fn nginx_worker_that_answers_is_attributed() {
 
 /// Runs `f` with a fresh network namespace (loopback up), removed afterwards.
 fn with_netns(f: impl FnOnce(&str)) {
-    let ns = format!("tlsmon-e2e-{}", std::process::id());
-    let ok = |args: &[&str]| run_bounded(Command::new("ip").args(args), Duration::from_secs(10)).0;
-    let _ = ok(&["netns", "del", &ns]);
-    assert!(ok(&["netns", "add", &ns]), "ip netns add");
-    assert!(ok(&["netns", "exec", &ns, "ip", "link", "set", "lo", "up"]));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&ns)));
-    let _ = ok(&["netns", "del", &ns]);
-    if let Err(e) = result {
-        std::panic::resume_unwind(e);
-    }
+    let ns = tlsmon_e2e::fleet::Netns::create("capture");
+    f(&ns.0);
 }
 
 #[test]

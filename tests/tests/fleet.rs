@@ -6,32 +6,17 @@
 
 use std::{
     collections::BTreeSet,
-    process::Command,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 use tlsmon_e2e::{
-    Aggregator, Daemon, Mosquitto, fleet::Netns, fleet::Postgres, run_bounded, spawn,
-    tls12_self_signed_server,
+    Aggregator, Daemon, Mosquitto, curl_from, fleet::Netns, fleet::Postgres, spawn,
+    tls12_self_signed_server, wait_listening_in,
 };
 
 fn curl_in(netns: Option<&Netns>, from: &str, url: &str) -> bool {
-    let mut cmd = match netns {
-        Some(ns) => ns.exec("curl"),
-        None => Command::new("curl"),
-    };
-    cmd.args([
-        "-sS",
-        "-o",
-        "/dev/null",
-        "--max-time",
-        "5",
-        "--interface",
-        from,
-        url,
-    ]);
-    run_bounded(&mut cmd, Duration::from_secs(10)).0
+    curl_from(netns.map(|n| n.0.as_str()), from, url)
 }
 
 fn daemon_config(host: &str, broker: &str, extra: &str) -> String {
@@ -177,15 +162,7 @@ fn server_in(ns: &Netns, pki: &tlsmon_e2e::TempDir, addr: &str) -> tlsmon_e2e::B
             .arg("-key")
             .arg(pki.path().join("key.pem")),
     );
-    let probe = format!("exec 3<>/dev/tcp/{}", addr.replacen(':', "/", 1));
-    let t0 = Instant::now();
-    while !run_bounded(ns.exec("bash").args(["-c", &probe]), Duration::from_secs(5)).0 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "s_server did not listen on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_listening_in(&ns.0, addr, Duration::from_secs(10));
     bg
 }
 

@@ -8,21 +8,7 @@ use serde_json::Value;
 use tlsmon_e2e::{Daemon, Mosquitto, Subscriber, free_port, run_bounded, tls12_self_signed_server};
 
 fn curl_from(ip: &str, port: u16) -> bool {
-    run_bounded(
-        Command::new("curl")
-            .args([
-                "-sS",
-                "-o",
-                "/dev/null",
-                "--max-time",
-                "5",
-                "--interface",
-                ip,
-            ])
-            .arg(format!("https://127.0.0.1:{port}/")),
-        Duration::from_secs(10),
-    )
-    .0
+    tlsmon_e2e::curl_from(None, ip, &format!("https://127.0.0.1:{port}/"))
 }
 
 fn mqtt_config(broker: &Mosquitto, extra: &str) -> String {

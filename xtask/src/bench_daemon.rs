@@ -69,6 +69,12 @@ pub fn proc_usage(pid: u32) -> Option<(u64, u64)> {
     Some((ticks, rss))
 }
 
+/// The unit of the CPU times in /proc/PID/stat.
+pub fn clock_ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no side effects.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
+}
+
 /// This process's CPU ticks (the load generator: clients and server threads).
 fn own_ticks() -> u64 {
     proc_usage(std::process::id()).map_or(0, |u| u.0)
@@ -217,8 +223,7 @@ pub fn run(bin: &Path, rate: u32, secs: u64) -> Result<String> {
     let stored = metric(&m, "tlsmon_events_stored_total");
     let alerts = metric(&m, "tlsmon_alerts_total");
     let store_errors = metric(&m, "tlsmon_store_errors_total");
-    // SAFETY: sysconf has no side effects.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let hz = clock_ticks_per_sec();
     let cpu_secs = ticks1.saturating_sub(ticks0) as f64 / hz;
     let gen_cpu = gen_ticks as f64 / hz;
     let peak = peak.load(Ordering::Relaxed);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tlsmon_e2e::{Mosquitto, Subscriber, TempDir};
 
-use crate::bench_daemon::proc_usage;
+use crate::bench_daemon::{clock_ticks_per_sec, proc_usage};
 
 /// The load process: stdin held open until we are done with it.
 struct Load {
@@ -105,7 +105,7 @@ fn distinct(sub: &Subscriber) -> usize {
 }
 
 pub fn run(load_bin: &Path, rate: u64, secs: u64, backlog: u64) -> Result<String> {
-    let ticks_per_sec = 100.0;
+    let ticks_per_sec = clock_ticks_per_sec();
     // 1. Sustained.
     let events = rate * secs;
     let broker = Mosquitto::start("allow_anonymous true");

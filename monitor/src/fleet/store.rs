@@ -242,44 +242,45 @@ fn row(r: &[Cell]) -> Row {
 fn host_rows(c: &mut Conn, since: &Val, limit: &Val) -> Result<Vec<HostRow>, SqlError> {
     let rows = c.query(
         "SELECT h.site, h.host_id, h.host_name, h.state, h.version, h.judged, h.failed,
-                CAST(COALESCE(e.n, 0) AS BIGINT) AS n, COALESCE(e.top, '')
+                CAST(COALESCE(e.n, 0) AS BIGINT) AS n
          FROM fleet_hosts h LEFT JOIN (
-             SELECT site, host_id, SUM(count) AS n, MAX(cause) AS top
+             SELECT site, host_id, SUM(count) AS n
              FROM fleet_events WHERE last_ms >= $1 AND severity = 'error'
              GROUP BY site, host_id
          ) e ON e.site = h.site AND e.host_id = h.host_id
          ORDER BY n DESC, h.site, h.host_id LIMIT $2",
         &[since.clone(), limit.clone()],
     )?;
-    let mut out: Vec<HostRow> = rows
-        .iter()
-        .map(|r| HostRow {
-            site: get(r, 0).text(),
-            host_id: get(r, 1).text(),
-            name: get(r, 2).text(),
-            state: get(r, 3).text(),
-            version: get(r, 4).text(),
-            judged: get(r, 5).int().max(0) as u64,
-            failed_handshakes: get(r, 6).int().max(0) as u64,
-            failures: get(r, 7).int().max(0) as u64,
-            top_cause: None,
-        })
-        .collect();
-    // The most frequent cause per host (MAX(cause) above only orders the join).
-    for h in &mut out {
-        let top = c.query(
-            "SELECT cause, CAST(SUM(count) AS BIGINT) AS n FROM fleet_events
-             WHERE site = $1 AND host_id = $2 AND last_ms >= $3 AND severity = 'error'
-             GROUP BY cause ORDER BY n DESC, cause LIMIT 1",
-            &[
-                Val::Text(h.site.clone()),
-                Val::Text(h.host_id.clone()),
-                since.clone(),
-            ],
-        )?;
-        h.top_cause = top.first().map(|r| get(r, 0).text());
+    // The most frequent cause of every host, in one query: rows come per host with the
+    // biggest count (then the smallest name) first.
+    let causes = c.query(
+        "SELECT site, host_id, cause, CAST(SUM(count) AS BIGINT) AS n FROM fleet_events
+         WHERE last_ms >= $1 AND severity = 'error'
+         GROUP BY site, host_id, cause ORDER BY site, host_id, n DESC, cause",
+        std::slice::from_ref(since),
+    )?;
+    let mut top: std::collections::HashMap<(String, String), String> = Default::default();
+    for r in &causes {
+        top.entry((get(r, 0).text(), get(r, 1).text()))
+            .or_insert_with(|| get(r, 2).text());
     }
-    Ok(out)
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let (site, host_id) = (get(r, 0).text(), get(r, 1).text());
+            HostRow {
+                top_cause: top.get(&(site.clone(), host_id.clone())).cloned(),
+                site,
+                host_id,
+                name: get(r, 2).text(),
+                state: get(r, 3).text(),
+                version: get(r, 4).text(),
+                judged: get(r, 5).int().max(0) as u64,
+                failed_handshakes: get(r, 6).int().max(0) as u64,
+                failures: get(r, 7).int().max(0) as u64,
+            }
+        })
+        .collect())
 }
 
 /// True when the event id was new.
