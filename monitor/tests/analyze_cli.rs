@@ -81,6 +81,12 @@ fn unreadable_files_exit_non_zero_with_a_message() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{}: {err}", file.display());
         assert!(err.contains(want), "{}: {err}", file.display());
+        if want == "unreadable after" {
+            // What came before the cut is still judged and printed.
+            let rows = String::from_utf8_lossy(&out.stdout);
+            assert!(rows.contains("completed"), "{rows}");
+            assert!(err.contains("1 connections before are reported"), "{err}");
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use monitor_common::tcp_state;
 use serde_json::Value;
-use tlsmon::analyze::analyze_file;
 use tlsmon::analyze::conversations::{Event, Report, replay, verdict};
+use tlsmon::analyze::{Pass, analyze_file};
 use tlsmon::events::{CaptureEvent, ConnInfo, DataChunk, Direction, Lifecycle, Role};
 use tlsmon::flows::FlowLimits;
 use tlsmon::handshake::{CloseKind, DEFAULT_TLS_PORTS, HandshakeOutcome, Party};
@@ -41,9 +41,18 @@ fn fixtures() -> Vec<Fixture> {
             ports.push(port);
         }
         let mut reports = Vec::new();
-        analyze_file(&json.with_extension("pcap"), &ports, true, false, |r| {
-            reports.push(r)
-        })
+        let pass = Pass {
+            tls_ports: &ports,
+            record: true,
+            progress: false,
+            workers: 2,
+        };
+        analyze_file(
+            &json.with_extension("pcap"),
+            &pass,
+            |r| r,
+            |r| reports.push(r),
+        )
         .unwrap_or_else(|e| panic!("{name}: {e:#}"));
         let mut ours: Vec<Report> = reports
             .into_iter()
@@ -382,4 +391,70 @@ fn the_live_path_from_either_end_gives_the_expected_outcome() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Every fixture's frames in one capture, in time order (each fixture has its own port).
+fn merged_capture(path: &Path) -> usize {
+    use pcap_file::pcap::{PcapPacket, PcapReader, PcapWriter};
+    let mut header = None;
+    let mut packets: Vec<PcapPacket<'static>> = Vec::new();
+    let mut files = 0;
+    for entry in std::fs::read_dir(fixture_dir()).expect("fixture directory") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "pcap") {
+            continue;
+        }
+        files += 1;
+        let mut reader =
+            PcapReader::new(std::fs::File::open(&path).expect("open")).expect("pcap header");
+        header.get_or_insert(reader.header());
+        while let Some(p) = reader.next_packet() {
+            packets.push(p.expect("packet").into_owned());
+        }
+    }
+    packets.sort_by_key(|p| p.timestamp);
+    let out = std::fs::File::create(path).expect("create");
+    let mut writer =
+        PcapWriter::with_header(out, header.expect("some fixture")).expect("pcap writer");
+    for p in &packets {
+        writer.write_packet(p).expect("write packet");
+    }
+    files
+}
+
+#[test]
+fn the_output_does_not_depend_on_the_number_of_workers() {
+    let dir = std::env::temp_dir().join(format!("tlsmon-workers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let capture = dir.join("all.pcap");
+    let files = merged_capture(&capture);
+    let ports = DEFAULT_TLS_PORTS.to_vec();
+    let lines = |workers| {
+        let pass = Pass {
+            tls_ports: &ports,
+            record: false,
+            progress: false,
+            workers,
+        };
+        let mut lines = Vec::new();
+        let totals = analyze_file(
+            &capture,
+            &pass,
+            |r| serde_json::to_string(&tlsmon::analyze::OutcomeLine::new(&r)).expect("json"),
+            |l| lines.push(l),
+        )
+        .expect("analyze");
+        assert_eq!(totals.connections as usize, lines.len());
+        lines
+    };
+    let one = lines(1);
+    assert!(
+        one.len() >= files,
+        "{} connections in {files} fixtures",
+        one.len()
+    );
+    for workers in [2, 3, 8] {
+        assert_eq!(lines(workers), one, "{workers} workers");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -124,13 +124,32 @@ fn key(a: SocketAddr, b: SocketAddr) -> Key {
     if a <= b { (a, b) } else { (b, a) }
 }
 
+/// When idle conversations are looked for: every `IDLE_NS / 4` of capture time, at the
+/// first segment past it. One rule, kept by the tracker and by whoever shards segments
+/// over several trackers (so they all expire at the same segments).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ExpiryClock {
+    last_ns: u64,
+}
+
+impl ExpiryClock {
+    /// True when a segment at `ts_ns` is the one to look for idle conversations.
+    pub fn due(&mut self, ts_ns: u64) -> bool {
+        let due = ts_ns.saturating_sub(self.last_ns) > IDLE_NS / 4;
+        if due {
+            self.last_ns = ts_ns;
+        }
+        due
+    }
+}
+
 /// All TCP connections of one capture.
 pub struct Tracker {
     table: HashMap<Key, Conversation>,
     tls_ports: Vec<u16>,
     record: bool,
     segments: u64,
-    last_expiry_ns: u64,
+    expiry: ExpiryClock,
 }
 
 impl Tracker {
@@ -141,7 +160,7 @@ impl Tracker {
             tls_ports,
             record,
             segments: 0,
-            last_expiry_ns: 0,
+            expiry: ExpiryClock::default(),
         }
     }
 
@@ -152,10 +171,7 @@ impl Tracker {
     /// Takes one segment; finished conversations go to `done`.
     pub fn segment(&mut self, ts_ns: u64, seg: &Segment<'_>, done: &mut Vec<Report>) {
         self.segments += 1;
-        if ts_ns.saturating_sub(self.last_expiry_ns) > IDLE_NS / 4 {
-            self.expire(ts_ns, done);
-            self.last_expiry_ns = ts_ns;
-        }
+        self.tick(ts_ns, done);
         let k = key(seg.src, seg.dst);
         let fresh_syn = seg.syn && !seg.ack;
         if fresh_syn
@@ -260,6 +276,14 @@ impl Tracker {
             (seg.src, seg.dst)
         } else {
             (seg.dst, seg.src)
+        }
+    }
+
+    /// Capture time moved on to `ts_ns` (a segment here or on another tracker): judges
+    /// idle conversations when the expiry clock says so.
+    pub fn tick(&mut self, ts_ns: u64, done: &mut Vec<Report>) {
+        if self.expiry.due(ts_ns) {
+            self.expire(ts_ns, done);
         }
     }
 

@@ -4,17 +4,20 @@
 pub mod capture_file;
 pub mod conversations;
 pub mod segments;
+pub mod shards;
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::Path;
+use std::sync::Mutex;
 
 use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::handshake::{Diagnosis, HandshakeOutcome};
 use capture_file::CaptureFile;
-use conversations::{Report, Tracker};
+use conversations::Report;
+use shards::Shards;
 
 /// What `analyze` prints and how.
 #[derive(Debug, Clone)]
@@ -41,18 +44,39 @@ pub struct Totals {
     pub undecided: u64,
 }
 
-/// Reads a capture file and calls `sink` for every finished conversation, in the order
-/// they end. `record` keeps each conversation's events in its report.
-pub fn analyze_file(
+/// How one capture file is read.
+#[derive(Debug, Clone, Copy)]
+pub struct Pass<'a> {
+    /// Server ports that count as TLS ports.
+    pub tls_ports: &'a [u16],
+    /// Keep each conversation's events in its report (tests replay them).
+    pub record: bool,
+    /// A progress bar on stderr (when it is a terminal and the file is big).
+    pub progress: bool,
+    /// Threads that judge conversations (each connection stays on one).
+    pub workers: usize,
+}
+
+impl Pass<'_> {
+    /// One worker per core, at most 8.
+    pub fn default_workers() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+    }
+}
+
+/// Reads a capture file; every finished conversation is turned into a `T` by `render` (on
+/// a worker thread) and given to `sink` (on this thread) in the order the conversations
+/// ended, whatever the number of workers. A file that turns unreadable part-way is judged
+/// up to there (open conversations as at its last frame) before the error is returned.
+pub fn analyze_file<T: Send>(
     path: &Path,
-    tls_ports: &[u16],
-    record: bool,
-    progress: bool,
-    mut sink: impl FnMut(Report),
+    pass: &Pass<'_>,
+    render: impl Fn(Report) -> T + Sync,
+    mut sink: impl FnMut(T),
 ) -> anyhow::Result<Totals> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let bar = progress_bar(progress, size);
+    let bar = progress_bar(pass.progress, size);
     let mut reader = BufReader::with_capacity(
         1 << 20,
         CountingReader {
@@ -66,47 +90,71 @@ pub fn analyze_file(
         .with_context(|| format!("{}: too short to be a capture file", path.display()))?;
     let mut capture = CaptureFile::open(magic, reader)
         .with_context(|| format!("cannot read {}", path.display()))?;
-    let mut tracker = Tracker::new(tls_ports.to_vec(), record);
+    let judged = Mutex::new(Totals::default());
     let mut totals = Totals::default();
-    let mut done = Vec::new();
-    let mut last_ts = 0;
-    while let Some(frame) = capture.next_frame() {
-        let frame = frame.with_context(|| {
-            format!(
-                "{}: unreadable after {} frames",
-                path.display(),
-                totals.frames
-            )
-        })?;
-        totals.frames += 1;
-        last_ts = last_ts.max(frame.ts_ns);
-        let Some(seg) = segments::tcp_segment(&frame) else {
-            continue;
-        };
-        totals.tcp_segments += 1;
-        tracker.segment(frame.ts_ns, &seg, &mut done);
-        for report in done.drain(..) {
-            count(&mut totals, &report.outcome);
-            sink(report);
+    let mut unreadable = None;
+    std::thread::scope(|scope| {
+        let mut shards = Shards::start(
+            scope,
+            pass.workers,
+            pass.tls_ports,
+            pass.record,
+            &render,
+            &judged,
+        );
+        let mut last_ts = 0;
+        while let Some(frame) = capture.next_frame() {
+            let frame = match frame {
+                Ok(frame) => frame,
+                Err(e) => {
+                    unreadable = Some(e);
+                    break;
+                }
+            };
+            totals.frames += 1;
+            last_ts = last_ts.max(frame.ts_ns);
+            let Some(seg) = segments::tcp_segment(&frame) else {
+                continue;
+            };
+            totals.tcp_segments += 1;
+            shards.segment(totals.frames, frame.ts_ns, &seg, &mut sink)?;
         }
-    }
-    for report in tracker.finish(last_ts) {
-        count(&mut totals, &report.outcome);
-        sink(report);
-    }
+        shards.finish(last_ts, &mut sink)
+    })?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
+    }
+    totals.add_outcomes(&judged.into_inner().unwrap_or_default());
+    if let Some(e) = unreadable {
+        return Err(anyhow::Error::new(e).context(format!(
+            "{}: unreadable after {} frames (the {} connections before are reported)",
+            path.display(),
+            totals.frames,
+            totals.connections
+        )));
     }
     Ok(totals)
 }
 
-fn count(t: &mut Totals, o: &HandshakeOutcome) {
-    t.connections += 1;
-    match o {
-        HandshakeOutcome::Completed(_) => t.completed += 1,
-        HandshakeOutcome::Failed(_) => t.failed += 1,
-        HandshakeOutcome::NotTls(_) => t.not_tls += 1,
-        HandshakeOutcome::Undecided => t.undecided += 1,
+impl Totals {
+    /// Counts one judged conversation.
+    fn count(&mut self, o: &HandshakeOutcome) {
+        self.connections += 1;
+        match o {
+            HandshakeOutcome::Completed(_) => self.completed += 1,
+            HandshakeOutcome::Failed(_) => self.failed += 1,
+            HandshakeOutcome::NotTls(_) => self.not_tls += 1,
+            HandshakeOutcome::Undecided => self.undecided += 1,
+        }
+    }
+
+    /// Adds the outcome counts of `other` (not its frame counts).
+    fn add_outcomes(&mut self, other: &Totals) {
+        self.connections += other.connections;
+        self.completed += other.completed;
+        self.failed += other.failed;
+        self.not_tls += other.not_tls;
+        self.undecided += other.undecided;
     }
 }
 
@@ -167,21 +215,34 @@ pub fn run(path: &Path, opts: &AnalyzeOptions) -> anyhow::Result<Totals> {
     if !opts.json {
         writeln!(out, "{}", table_header())?;
     }
-    let totals = analyze_file(path, &opts.tls_ports, false, opts.progress, |r| {
-        if write_err.is_some() || !wanted(opts, &r.outcome) {
+    let pass = Pass {
+        tls_ports: &opts.tls_ports,
+        record: false,
+        progress: opts.progress,
+        workers: Pass::default_workers(),
+    };
+    let render = |r: Report| -> Option<std::io::Result<String>> {
+        if !wanted(opts, &r.outcome) {
+            return None;
+        }
+        Some(if opts.json {
+            serde_json::to_string(&OutcomeLine::new(&r)).map_err(std::io::Error::other)
+        } else {
+            Ok(table_row(&r))
+        })
+    };
+    let analyzed = analyze_file(path, &pass, render, |line| {
+        if write_err.is_some() {
             return;
         }
-        let res = if opts.json {
-            serde_json::to_string(&OutcomeLine::new(&r))
-                .map_err(std::io::Error::other)
-                .and_then(|line| writeln!(out, "{line}"))
-        } else {
-            writeln!(out, "{}", table_row(&r))
-        };
-        if let Err(e) = res {
+        if let Some(res) = line
+            && let Err(e) = res.and_then(|line| writeln!(out, "{line}"))
+        {
             write_err = Some(e);
         }
-    })?;
+    });
+    out.flush().ok();
+    let totals = analyzed?;
     if let Some(e) = write_err {
         // A closed pipe (`| head`) is not an error worth a message.
         if e.kind() != std::io::ErrorKind::BrokenPipe {
@@ -189,7 +250,6 @@ pub fn run(path: &Path, opts: &AnalyzeOptions) -> anyhow::Result<Totals> {
         }
         return Ok(totals);
     }
-    out.flush().ok();
     eprintln!(
         "tlsmon: {} connections: {} completed, {} failed, {} not TLS, {} undecided ({} frames)",
         totals.connections,
