@@ -582,12 +582,21 @@ impl Diagnoser<'_> {
         } else {
             Cause::ClientCertRejected
         };
+        let now = (a.ts_ns / 1_000_000_000) as i64;
+        let expired = (ChainFacts { chain: certs }).expired_at(now);
         let why = if cause == Cause::ClientCertUntrusted {
             format!(
                 "does not trust the client certificate's issuer {}",
                 certs
                     .last()
                     .map_or(leaf.issuer.as_str(), |c| c.issuer.as_str())
+            )
+        } else if let (45, Some(c)) = (a.code, expired) {
+            format!(
+                "rejected the client certificate: {} expired {} (notAfter {})",
+                c.short_name(),
+                days_ago(now - c.not_after),
+                date(c.not_after)
             )
         } else {
             "rejected the client certificate".to_string()

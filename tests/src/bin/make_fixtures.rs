@@ -368,6 +368,39 @@ fn scenarios() -> Vec<Scenario> {
             failed("downgrade_rejected", S, Some(86), "client_hello"),
         ),
         sc(
+            "client_cert_rejected_tls12",
+            "client certificate from the trusted CA, but expired: the server rejects it",
+            srv!(
+                "good",
+                "-tls1_2 -Verify 1 -verify_return_error -CAfile {pki}/root.pem"
+            ),
+            cli!(
+                "-tls1_2 -cert {pki}/clientexpired.pem -key {pki}/clientexpired.key -cert_chain {pki}/int.pem"
+            ),
+            failed("client_cert_rejected", S, Some(45), "client_finished"),
+        ),
+        sc(
+            "internal_error",
+            "python ssl server whose SNI hook fails with internal_error",
+            "python3 {fixtures}/tls_peer.py server {port} tls --cert {pki}/good.chain.pem --key {pki}/good.key --require-sni localhost --sni-alert internal_error",
+            "openssl s_client -connect 127.0.0.1:{port} -servername other.example",
+            failed("internal_error", S, Some(80), "client_hello"),
+        ),
+        sc(
+            "tls13_encrypted_alert_rustls_client",
+            "rustls client (it encrypts its alerts from the ServerHello on) rejects a certificate for www.example.com",
+            srv!("wronghost", ""),
+            "{self} rustls-client {port} {pki}/root.pem localhost",
+            inferred("tls13_encrypted_alert", C, "encrypted_extensions"),
+        ),
+        sc(
+            "protocol_version_nginx",
+            "nginx restricted to TLS 1.3, curl limited to TLS 1.2",
+            "{fixtures}/nginx_tls.sh {pki} {port} TLSv1.3",
+            "{curl} --tlsv1.2 --tls-max 1.2 https://localhost:{port}/",
+            failed("protocol_version_mismatch", S, Some(70), "client_hello"),
+        ),
+        sc(
             "decode_error",
             "a ClientHello with lying extension lengths",
             srv!("good", ""),
@@ -389,8 +422,11 @@ fn expand(template: &str, pki: &Path, port: u16, fixtures: &Path) -> Vec<String>
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs() + 20 * 365 * 86_400)
         .unwrap_or(0);
+    let me = std::env::current_exe()
+        .map_or_else(|_| "make_fixtures".into(), |p| p.display().to_string());
     template
         .replace("{curl}", CURL)
+        .replace("{self}", &me)
         .replace("{pki}", &pki.display().to_string())
         .replace("{port}", &port.to_string())
         .replace("{fixtures}", &fixtures.display().to_string())
@@ -428,8 +464,40 @@ fn run_client(argv: &[String]) -> bool {
     status.is_some_and(|s| s.success())
 }
 
+/// `make_fixtures rustls-client PORT CAFILE NAME`: one TLS 1.3 handshake by rustls, whose
+/// client switches to the handshake keys at the ServerHello and so encrypts its alerts
+/// (OpenSSL's client still sends them in the clear), then one request.
+fn rustls_client(port: &str, ca: &str, name: &str) -> anyhow::Result<()> {
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+    use std::io::{Read, Write};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut conn =
+        rustls::ClientConnection::new(config.into(), ServerName::try_from(name.to_string())?)?;
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>()?))?;
+    sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+    tls.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut answer = Vec::new();
+    tls.read_to_end(&mut answer)?;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if let [mode, port, ca, name] = argv.as_slice()
+        && mode == "rustls-client"
+    {
+        return rustls_client(port, ca, name);
+    }
     let out = PathBuf::from(
         args.next()
             .unwrap_or_else(|| "monitor/tests/fixtures/handshakes".into()),
