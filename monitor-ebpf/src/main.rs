@@ -212,6 +212,39 @@ fn load<const N: usize>(skb: *mut __sk_buff, off: u32) -> Option<[u8; N]> {
     (rc == 0).then_some(buf)
 }
 
+/// IPv6 extension headers walked before giving up (RFC 8200 allows each at most once or
+/// twice; a TCP segment rarely carries any).
+const MAX_IPV6_EXTENSIONS: usize = 8;
+
+/// Offset of the TCP header after the IPv6 fixed header and its extension headers
+/// (hop-by-hop, routing, destination options, fragment, authentication); `None` for
+/// anything else (ESP, no next header) and for non-first fragments.
+#[inline(always)]
+fn ipv6_tcp_offset(skb: *mut __sk_buff, first: u8) -> Option<u32> {
+    const HOP_BY_HOP: u8 = 0;
+    const ROUTING: u8 = 43;
+    const FRAGMENT: u8 = 44;
+    const AUTH: u8 = 51;
+    const DEST_OPTS: u8 = 60;
+    let mut next = first;
+    let mut off: u32 = 40;
+    for _ in 0..MAX_IPV6_EXTENSIONS {
+        if next as u32 == IPPROTO_TCP {
+            return Some(off);
+        }
+        let h = load::<4>(skb, off)?;
+        off += match next {
+            HOP_BY_HOP | ROUTING | DEST_OPTS => (h[1] as u32 + 1) * 8,
+            AUTH => (h[1] as u32 + 2) * 4,
+            // Offset 0 only: later fragments carry no TCP header.
+            FRAGMENT if u16::from_be_bytes([h[2], h[3]]) >> 3 == 0 => 8,
+            _ => return None,
+        };
+        next = h[0];
+    }
+    (next as u32 == IPPROTO_TCP).then_some(off)
+}
+
 /// IP + TCP headers of a TCP segment (skb data starts at the network header here).
 #[inline(always)]
 fn parse_segment(skb: *mut __sk_buff, family: u32) -> Option<Segment> {
@@ -224,13 +257,11 @@ fn parse_segment(skb: *mut __sk_buff, family: u32) -> Option<Segment> {
         }
         ((ip[0] & 0x0f) as u32) * 4
     } else {
-        // IPv6 without extension headers: TCP directly after the fixed header. Segments
-        // with extension headers are rare for TCP and are counted as parse errors.
         let ip = load::<7>(skb, 0)?;
-        if ip[0] >> 4 != 6 || ip[6] as u32 != IPPROTO_TCP {
+        if ip[0] >> 4 != 6 {
             return None;
         }
-        40
+        ipv6_tcp_offset(skb, ip[6])?
     };
     let tcp = load::<13>(skb, l4)?;
     let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);

@@ -127,6 +127,66 @@ fn ipv6_loopback_is_captured() {
     assert_eq!(s(server, &["process", "comm"]), "openssl");
 }
 
+/// A python TLS 1.2 client whose segments carry IPv6 hop-by-hop and destination-options
+/// extension headers (sticky socket options, as CALIPSO or an in-house router alert
+/// would set), so TCP does not follow the fixed IPv6 header.
+const IPV6_EXTENSION_CLIENT: &str = r#"
+import socket, ssl, sys
+s = socket.socket(socket.AF_INET6)
+pad = bytes([0, 0, 1, 4, 0, 0, 0, 0])  # next header (set by the kernel), length 0, PadN
+s.setsockopt(socket.IPPROTO_IPV6, 54, pad)  # IPV6_HOPOPTS
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DSTOPTS, pad)
+s.settimeout(5)
+s.connect(("::1", int(sys.argv[1])))
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+try:
+    ctx.wrap_socket(s).close()
+except ssl.SSLError as e:
+    print(e)
+    sys.exit(3)
+"#;
+
+#[test]
+#[ignore = "privileged: run `sudo ./x test`"]
+fn ipv6_segments_with_extension_headers_are_captured() {
+    let pki = self_signed_cert();
+    let port = free_port();
+    let server_addr = addr(&format!("[::1]:{port}"));
+    let tracer = Tracer::start(&[]);
+    let _server = openssl_server(&pki, server_addr, &["-tls1_3"]);
+    let (ok, out) = run_bounded(
+        Command::new("python3")
+            .args(["-c", IPV6_EXTENSION_CLIENT])
+            .arg(port.to_string()),
+        Duration::from_secs(10),
+    );
+    assert!(
+        !ok && out.contains("VERSION"),
+        "the client must fail on the version: {out}"
+    );
+    assert!(tracer.wait_for(2, Duration::from_secs(15), |r| r["peer"]
+        == server_addr.to_string()
+        || r["local"] == server_addr.to_string()));
+    let out = tracer.stop();
+    // The ClientHello travelled behind the extension headers: both ends saw it.
+    let client = out.one(&server_addr.to_string(), "client");
+    assert_eq!(s(client, &["process", "comm"]), "python3");
+    let server = out.one(&server_addr.to_string(), "server");
+    for rec in [client, server] {
+        assert!(
+            s(rec, &["client_to_server"]).contains("handshake(ClientHello)"),
+            "{rec}"
+        );
+        assert!(
+            s(rec, &["server_to_client"]).contains("alert(fatal 70"),
+            "{rec}"
+        );
+    }
+}
+
 #[test]
 #[ignore = "privileged: run `sudo ./x test`"]
 fn curl_that_fails_and_exits_at_once_is_still_named() {
