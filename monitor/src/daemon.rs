@@ -13,9 +13,14 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     alerts::{AlertEngine, AlertPolicy, Update},
-    capture::{Capture, CaptureConfig, KernelCounters, process::Owners},
+    capture::{
+        Capture, CaptureConfig, KernelCounters,
+        process::Owners,
+        socket_owner::{self, OwnerFallback},
+    },
     config::{self, Config},
     event::{self, Host, WeakPolicy},
+    events::CaptureEvent,
     filters,
     flows::FlowLimits,
     handshake::{DEFAULT_TLS_PORTS, HandshakeOutcome},
@@ -73,6 +78,8 @@ struct Daemon {
     host: Host,
     judge: Judge,
     owners: Owners,
+    /// Names connections the kernel did not, through /proc.
+    owner_fallback: OwnerFallback,
     alerts: AlertEngine,
     writer: Writer,
     shared: Arc<Shared>,
@@ -80,6 +87,14 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// One capture event through attribution and the judge.
+    fn event(&mut self, ev: CaptureEvent, cap: &mut Capture) {
+        self.owners.observe(&ev);
+        if let Some(v) = self.judge.apply(ev) {
+            self.verdict(v, cap);
+        }
+    }
+
     /// One judged connection: count it, filter it, raise or count its alert.
     fn verdict(&mut self, v: Verdict, cap: &mut Capture) {
         let process = self.owners.take(v.cookie, v.owner.as_ref());
@@ -290,6 +305,7 @@ pub async fn run(cfg: Config, origin: Origin) -> anyhow::Result<()> {
             tls_ports,
         ),
         owners: Owners::default(),
+        owner_fallback: OwnerFallback::default(),
         alerts: AlertEngine::new(alert_policy(&cfg)),
         writer,
         shared: shared.clone(),
@@ -324,13 +340,18 @@ pub async fn run(cfg: Config, origin: Origin) -> anyhow::Result<()> {
         cap.drain(&mut buf);
         for rec in buf.drain(..) {
             match rec {
-                Ok(ev) => {
-                    d.owners.observe(&ev);
-                    if let Some(v) = d.judge.apply(ev) {
-                        d.verdict(v, &mut cap);
-                    }
-                }
+                Ok(ev) => d.event(ev, &mut cap),
                 Err(e) => tracing::warn!(error = %e, "undecodable ring record"),
+            }
+        }
+        if d.owner_fallback.due(mono) {
+            let unowned = d
+                .judge
+                .unowned(mono, socket_owner::GRACE_NS, socket_owner::PER_LOOKUP);
+            if !unowned.is_empty() {
+                for ev in d.owner_fallback.lookup(mono, unowned) {
+                    d.event(ev, &mut cap);
+                }
             }
         }
         for v in d.judge.expire(mono) {
@@ -360,10 +381,7 @@ pub async fn run(cfg: Config, origin: Origin) -> anyhow::Result<()> {
     shared.ready.store(false, Ordering::Relaxed);
     cap.drain(&mut buf);
     for ev in buf.drain(..).flatten() {
-        d.owners.observe(&ev);
-        if let Some(v) = d.judge.apply(ev) {
-            d.verdict(v, &mut cap);
-        }
+        d.event(ev, &mut cap);
     }
     for v in d.judge.drain(monotonic_ns()) {
         d.verdict(v, &mut cap);

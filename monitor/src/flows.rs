@@ -195,6 +195,10 @@ impl FlowTable {
         self.flows.get(&cookie)
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = &Flow> {
+        self.flows.values()
+    }
+
     /// Applies one event; returns the flow when it has finished (socket closed).
     pub fn apply(&mut self, ev: CaptureEvent) -> Option<Flow> {
         let cookie = ev.cookie();

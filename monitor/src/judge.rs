@@ -116,6 +116,17 @@ impl Judge {
         Some(self.verdict(&flow, fed, ts, true))
     }
 
+    /// Connections seen for at least `grace_ns` whose process the kernel has not named
+    /// (candidates for the /proc fallback): cookie and ends, at most `max`.
+    pub fn unowned(&self, now_mono_ns: u64, grace_ns: u64, max: usize) -> Vec<(u64, ConnInfo)> {
+        self.table
+            .iter()
+            .filter(|f| f.owner.is_none() && now_mono_ns.saturating_sub(f.first_ns) >= grace_ns)
+            .filter_map(|f| Some((f.cookie, f.conn.clone()?)))
+            .take(max)
+            .collect()
+    }
+
     /// Judges the connections idle since `now_mono_ns - idle` as they stand.
     pub fn expire(&mut self, now_mono_ns: u64) -> Vec<Verdict> {
         let idle = self.idle_ns;

@@ -54,10 +54,12 @@ pub struct Service {
 
 impl Service {
     /// Starts `cmd`; returns once `/readyz` answers 200 (bounded), panics with the log if it
-    /// exits or is not ready in 60 s.
+    /// exits or is not ready in 60 s. Logs at info unless the command sets `TLSMON_LOG`.
     pub fn launch(mut cmd: Command, endpoint: Endpoint) -> Service {
+        if !cmd.get_envs().any(|(k, _)| k == "TLSMON_LOG") {
+            cmd.env("TLSMON_LOG", "info");
+        }
         let mut child = cmd
-            .env("TLSMON_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -206,14 +208,20 @@ impl Daemon {
     /// Starts `bin run` (the binary under test, or one a package installed).
     pub fn start_bin(bin: &Path, extra: &str) -> Daemon {
         let dir = TempDir::new("daemon");
-        Self::write_and_launch(bin, dir, Endpoint::free_tcp(), extra, None)
+        Self::write_and_launch(bin, dir, Endpoint::free_tcp(), extra, None, &[])
+    }
+
+    /// Starts the daemon under test with extra environment variables.
+    pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Daemon {
+        let dir = TempDir::new("daemon");
+        Self::write_and_launch(&tlsmon_bin(), dir, Endpoint::free_tcp(), extra, None, env)
     }
 
     /// Starts the daemon inside network namespace `netns` (its endpoint a unix socket).
     pub fn start_in(netns: &str, extra: &str) -> Daemon {
         let dir = TempDir::new("daemon");
         let endpoint = Endpoint::Unix(dir.path().join("status.sock"));
-        Self::write_and_launch(&tlsmon_bin(), dir, endpoint, extra, Some(netns))
+        Self::write_and_launch(&tlsmon_bin(), dir, endpoint, extra, Some(netns), &[])
     }
 
     fn write_and_launch(
@@ -222,10 +230,11 @@ impl Daemon {
         endpoint: Endpoint,
         extra: &str,
         netns: Option<&str>,
+        env: &[(&str, &str)],
     ) -> Daemon {
         let cfg = dir.path().join("tlsmon.toml");
         std::fs::write(&cfg, Self::config_text(&dir, &endpoint, extra)).expect("write config");
-        Self::launch(bin, dir, endpoint, netns)
+        Self::launch(bin, dir, endpoint, netns, env)
     }
 
     /// SIGKILL (no flush, no goodbye); returns the directory with its config and database.
@@ -237,12 +246,19 @@ impl Daemon {
 
     /// Starts the daemon under test again on a directory a killed one left.
     pub fn restart(dir: TempDir, endpoint: Endpoint) -> Daemon {
-        Self::launch(&tlsmon_bin(), dir, endpoint, None)
+        Self::launch(&tlsmon_bin(), dir, endpoint, None, &[])
     }
 
-    fn launch(bin: &Path, dir: TempDir, endpoint: Endpoint, netns: Option<&str>) -> Daemon {
+    fn launch(
+        bin: &Path,
+        dir: TempDir,
+        endpoint: Endpoint,
+        netns: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let mut cmd = command_in(netns, bin);
-        cmd.arg("run")
+        cmd.envs(env.iter().copied())
+            .arg("run")
             .arg("--config")
             .arg(dir.path().join("tlsmon.toml"));
         Daemon {

@@ -156,6 +156,74 @@ fn a_failing_curl_is_reported_by_endpoint_database_metrics_status_and_log() {
     assert!(log.contains("stopped"), "{log}");
 }
 
+/// A server that reads the ClientHello, answers a fatal handshake_failure alert and keeps
+/// the socket open for 4 s before closing it.
+const ALERT_AND_HOLD: &str = r#"
+import socket, sys, time
+ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("127.0.0.1", int(sys.argv[1]))); ls.listen(8); ls.settimeout(30)
+while True:
+    c, _ = ls.accept()
+    if c.recv(4096):
+        c.sendall(bytes([21, 3, 3, 0, 2, 2, 40])); time.sleep(4); c.close(); break
+    c.close()
+"#;
+
+#[test]
+#[ignore = "root: loads eBPF programs (sudo ./x test)"]
+fn a_server_the_kernel_did_not_name_is_found_through_proc() {
+    // Without the tracepoint that names servers (as on a kernel where it cannot attach),
+    // the kernel would name this server only when it closes, 4 s after its alert.
+    let d = Daemon::start_with_env(
+        "",
+        &[
+            ("TLSMON_SKIP_PROGRAMS", "tlsmon_reader"),
+            ("TLSMON_LOG", "info,tlsmon::capture::socket_owner=debug"),
+        ],
+    );
+    assert!(d.log().contains("not attached"), "{}", d.log());
+    let addr = loopback();
+    let _server = tlsmon_e2e::spawn(
+        Command::new("python3")
+            .args(["-c", ALERT_AND_HOLD])
+            .arg(addr.port().to_string()),
+    );
+    tlsmon_e2e::wait_listening(addr, Duration::from_secs(10));
+    let (client_ok, _) = run_bounded(
+        Command::new("openssl")
+            .args(["s_client", "-connect", &addr.to_string()])
+            .stdin(std::process::Stdio::null()),
+        Duration::from_secs(10),
+    );
+    assert!(!client_ok, "the handshake must fail");
+    let t0 = std::time::Instant::now();
+    let port = addr.port();
+    let alert = d
+        .wait_failure("since=5m", Duration::from_secs(3), |a| {
+            a["role"] == "server" && a["local"]["port"] == port
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no server-side failure while the server holds the socket:\n{}",
+                d.log()
+            )
+        });
+    eprintln!(
+        "server named through /proc {:?} after the client ended",
+        t0.elapsed()
+    );
+    assert_eq!(alert["process"]["comm"], "python3", "{alert}");
+    assert!(d.log().contains("owner found through /proc"), "{}", d.log());
+    assert!(
+        alert["process"]["exe"]
+            .as_str()
+            .is_some_and(|e| e.contains("python3")),
+        "{alert}"
+    );
+    assert_eq!(alert["cause"], "no_shared_cipher", "{alert}");
+    assert_eq!(alert["alert"]["sender"], "server", "{alert}");
+}
+
 #[test]
 #[ignore = "root: loads eBPF programs (sudo ./x test)"]
 fn a_burst_of_1000_identical_failures_is_one_alert_with_count_1000() {

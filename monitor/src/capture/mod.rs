@@ -6,6 +6,7 @@
 //! `BPF_RB_NO_WAKEUP` and drained on a timer by the caller.
 
 pub mod process;
+pub mod socket_owner;
 
 use std::{fs::File, path::PathBuf};
 
@@ -250,18 +251,35 @@ impl Capture {
                 .map_err(ebpf_err(format!("attaching {name}")))?;
             attached.push(name);
         }
+        // A test hook: programs named here are left out, as on a kernel without them.
+        let skipped = std::env::var("TLSMON_SKIP_PROGRAMS").unwrap_or_default();
         for (name, tp) in [
             ("tlsmon_reader", "tcp_rcv_space_adjust"),
             ("tlsmon_state", "inet_sock_set_state"),
             ("tlsmon_rst_in", "tcp_receive_reset"),
             ("tlsmon_rst_out", "tcp_send_reset"),
         ] {
-            let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
-            prog.load(tp, &btf)
-                .map_err(ebpf_err(format!("loading {name} for tracepoint {tp}")))?;
-            prog.attach()
-                .map_err(ebpf_err(format!("attaching {name} to tp_btf/{tp}")))?;
-            attached.push(name);
+            if skipped.split(',').any(|s| s == name) {
+                tracing::warn!(program = name, "not attached (TLSMON_SKIP_PROGRAMS)");
+                continue;
+            }
+            let mut attach = || -> Result<(), CaptureError> {
+                let prog: &mut BtfTracePoint = program(&mut ebpf, name)?;
+                prog.load(tp, &btf)
+                    .map_err(ebpf_err(format!("loading {name} for tracepoint {tp}")))?;
+                prog.attach()
+                    .map_err(ebpf_err(format!("attaching {name} to tp_btf/{tp}")))?;
+                Ok(())
+            };
+            match attach() {
+                Ok(()) => attached.push(name),
+                // Naming servers has a fallback (/proc), the lifecycle has none.
+                Err(e) if name == "tlsmon_reader" => tracing::warn!(
+                    error = %e,
+                    "servers' processes will be found through /proc instead"
+                ),
+                Err(e) => return Err(e),
+            }
         }
 
         let ring = RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?)
