@@ -90,3 +90,60 @@ fn unreadable_files_exit_non_zero_with_a_message() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A capture of at least `bytes`: one fixture's frames repeated, each copy 1,000 s later.
+fn big_capture(path: &std::path::Path, bytes: u64) {
+    use pcap_file::pcap::{PcapReader, PcapWriter};
+    let mut reader =
+        PcapReader::new(std::fs::File::open(fixture("completed_tls12_curl")).expect("open"))
+            .expect("pcap");
+    let header = reader.header();
+    let mut packets = Vec::new();
+    while let Some(p) = reader.next_packet() {
+        packets.push(p.expect("packet").into_owned());
+    }
+    let mut writer = PcapWriter::with_header(std::fs::File::create(path).expect("create"), header)
+        .expect("writer");
+    let mut written = 0u64;
+    let mut copy = 0u64;
+    while written < bytes {
+        for p in &packets {
+            let mut p = p.clone();
+            p.timestamp += std::time::Duration::from_secs(1000 * copy);
+            written += 16 + p.data.len() as u64;
+            writer.write_packet(&p).expect("write");
+        }
+        copy += 1;
+    }
+}
+
+#[test]
+fn a_progress_bar_is_drawn_on_a_terminal_only() {
+    let dir = std::env::temp_dir().join(format!("tlsmon-progress-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let capture = dir.join("big.pcap");
+    big_capture(&capture, 9 << 20);
+    // stderr a pipe: no bar, only the summary line.
+    let out = tlsmon().arg("analyze").arg(&capture).output().expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("MiB"), "{err}");
+    // stderr a terminal (script(1) gives it a pty): the bar with the file's size.
+    let cmd = format!(
+        "{} analyze {} > /dev/null",
+        env!("CARGO_BIN_EXE_tlsmon"),
+        capture.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .expect("run script(1)");
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{tty}");
+    assert!(
+        tty.contains("MiB") && tty.contains(" left"),
+        "no progress bar in {tty:?}"
+    );
+    assert!(tty.contains("connections:"), "{tty:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

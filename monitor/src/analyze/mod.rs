@@ -168,6 +168,7 @@ fn progress_bar(wanted: bool, size: u64) -> Option<indicatif::ProgressBar> {
     ) {
         bar.set_style(style);
     }
+    bar.tick(); // drawn at once, not only at the first refresh
     Some(bar)
 }
 
