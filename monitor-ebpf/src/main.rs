@@ -293,6 +293,13 @@ fn on_packet(ctx: &SkBuffContext, dir: u8) {
         if sk.is_null() {
             return;
         }
+        // Fast path first: a connection already decided (capture over, plaintext watched
+        // long enough, our own) costs one storage lookup per packet, no header parsing.
+        let known =
+            bpf_sk_storage_get(map_ptr(&SOCKS), sk.cast(), ptr::null_mut(), 0).cast::<SockState>();
+        if !known.is_null() && matches!((*known).mode, MODE_DONE | MODE_IGNORE) {
+            return;
+        }
         if ptr::read_volatile(&(*sk).protocol) != IPPROTO_TCP {
             return;
         }

@@ -103,7 +103,8 @@ fn samples_where(text: &str, keep: impl Fn(&str) -> bool, prefix: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
-struct Daemon(Child);
+/// A running `tlsmon run`; killed when dropped.
+pub struct Daemon(pub Child);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
@@ -112,10 +113,9 @@ impl Drop for Daemon {
     }
 }
 
-pub fn run(bin: &Path, rate: u32, secs: u64) -> Result<String> {
-    let dir = std::env::temp_dir().join(format!("tlsmon-bench-daemon-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
+/// Starts the release daemon with its default configuration apart from a scratch database
+/// and status endpoint in `dir`; returns once `/readyz` answers (60 s at most).
+pub fn start_daemon(bin: &Path, dir: &Path) -> Result<(Daemon, SocketAddr)> {
     let endpoint: SocketAddr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let cfg = dir.join("tlsmon.toml");
     std::fs::write(
@@ -136,7 +136,6 @@ pub fn run(bin: &Path, rate: u32, secs: u64) -> Result<String> {
         .spawn()
         .context("start tlsmon run")?;
     let mut daemon = Daemon(child);
-    let pid = daemon.0.id();
     let t0 = Instant::now();
     while http_get(endpoint, "/readyz").is_none() {
         if t0.elapsed() > Duration::from_secs(60) {
@@ -147,6 +146,15 @@ pub fn run(bin: &Path, rate: u32, secs: u64) -> Result<String> {
         }
         thread::sleep(Duration::from_millis(100));
     }
+    Ok((daemon, endpoint))
+}
+
+pub fn run(bin: &Path, rate: u32, secs: u64) -> Result<String> {
+    let dir = std::env::temp_dir().join(format!("tlsmon-bench-daemon-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let (daemon, endpoint) = start_daemon(bin, &dir)?;
+    let pid = daemon.0.id();
     // Idle: a few seconds after attach, nothing but the host's own traffic.
     thread::sleep(Duration::from_secs(3));
     let (_, idle_rss) = proc_usage(pid).context("daemon /proc")?;

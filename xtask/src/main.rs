@@ -11,6 +11,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 mod bench_analyze;
+mod bench_capture;
 mod bench_daemon;
 mod bench_mqtt;
 use clap::{Parser, Subcommand};
@@ -83,6 +84,17 @@ enum Bench {
         /// Events queued while the broker is down.
         #[arg(long, default_value_t = 100_000)]
         backlog: u64,
+    },
+    /// What attaching tlsmon costs the host (root): wrk against nginx (keep-alive and a
+    /// connection per request), dd bs=64, getpid and pipe loops, TLS handshakes; each
+    /// without and with the daemon, interleaved rounds, medians and ratios.
+    Capture {
+        /// Rounds (each runs every workload without and with tlsmon).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per workload and side.
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
     },
     /// The daemon (root, eBPF attached) under a storm of failing handshakes on loopback.
     Daemon {
@@ -291,6 +303,16 @@ fn main() -> Result<()> {
                 &root().join("target/release/tlsmon"),
                 rounds.max(1),
             )?;
+            println!("xtask: {report}");
+            Ok(())
+        }
+        Cmd::Bench {
+            what: Bench::Capture { rounds, secs },
+        } => {
+            if !is_root() {
+                bail!("the capture bench loads eBPF programs and needs root");
+            }
+            let report = bench_capture::run(&build()?, rounds.max(1), secs.max(1))?;
             println!("xtask: {report}");
             Ok(())
         }

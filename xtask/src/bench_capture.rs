@@ -1,0 +1,341 @@
+//! `cargo xtask bench capture`: what attaching tlsmon costs the host's own work. Each
+//! workload runs without and with the release daemon attached (eBPF programs on the root
+//! cgroup, default configuration), in rounds that alternate which comes first; the medians
+//! of each side and their ratio (with / without, throughput) are reported.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::bench_daemon::start_daemon;
+
+/// One measured workload: its name, the target ratio and how to get ops/s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    /// (a) wrk against nginx, keep-alive.
+    WrkKeepAlive,
+    /// (b) wrk against nginx, a new connection per request.
+    WrkNewConnection,
+    /// (c) `dd bs=64` from /dev/zero to /dev/null.
+    Dd64,
+    /// (c) getpid(2) in a loop.
+    Getpid,
+    /// (c) 64-byte write + read through a pipe in a loop.
+    Pipe,
+    /// (d) full TLS handshakes against nginx (`openssl s_time -new`).
+    TlsHandshakes,
+}
+
+const WORKLOADS: [Workload; 6] = [
+    Workload::WrkKeepAlive,
+    Workload::WrkNewConnection,
+    Workload::Dd64,
+    Workload::Getpid,
+    Workload::Pipe,
+    Workload::TlsHandshakes,
+];
+
+impl Workload {
+    fn label(self) -> &'static str {
+        match self {
+            Workload::WrkKeepAlive => "(a) wrk nginx keep-alive (req/s)",
+            Workload::WrkNewConnection => "(b) wrk nginx new connection per request (req/s)",
+            Workload::Dd64 => "(c) dd bs=64 /dev/zero -> /dev/null (blocks/s)",
+            Workload::Getpid => "(c) getpid loop (calls/s)",
+            Workload::Pipe => "(c) 64-byte pipe write+read loop (round trips/s)",
+            Workload::TlsHandshakes => "(d) TLS handshakes, openssl s_time -new (handshakes/s)",
+        }
+    }
+
+    fn target(self) -> f64 {
+        match self {
+            Workload::WrkNewConnection => 0.97,
+            Workload::TlsHandshakes => 0.95,
+            _ => 0.99,
+        }
+    }
+}
+
+/// nginx on loopback: plain HTTP and TLS, 2 workers, in a scratch directory.
+struct Nginx {
+    child: Child,
+    http: SocketAddr,
+    tls: SocketAddr,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group nginx leads (master and workers).
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn start_nginx(dir: &Path) -> Result<Nginx> {
+    use std::os::unix::process::CommandExt;
+    let ok = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=localhost"])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("openssl req")?
+        .success();
+    if !ok {
+        bail!("openssl req could not make a certificate");
+    }
+    let (http, tls) = (free_port()?, free_port()?);
+    let d = dir.display();
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "worker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{ access_log off; keepalive_requests 1000000;\n\
+             server {{ listen 127.0.0.1:{http}; location / {{ return 200 \"ok\\n\"; }} }}\n\
+             server {{ listen 127.0.0.1:{tls} ssl; ssl_certificate {d}/cert.pem;\n\
+             ssl_certificate_key {d}/key.pem; ssl_session_cache off; ssl_session_tickets off;\n\
+             location / {{ return 200 \"ok\\n\"; }} }} }}\n"
+        ),
+    )?;
+    let child = Command::new("nginx")
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .args(["-g", "daemon off;"])
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start nginx (apt install nginx-light)")?;
+    let nginx = Nginx {
+        child,
+        http: SocketAddr::from(([127, 0, 0, 1], http)),
+        tls: SocketAddr::from(([127, 0, 0, 1], tls)),
+    };
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(nginx.tls).is_err()
+        || std::net::TcpStream::connect(nginx.http).is_err()
+    {
+        if t0.elapsed() > Duration::from_secs(10) {
+            bail!("nginx did not listen within 10 s");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Ok(nginx)
+}
+
+/// Runs a bounded command and returns its standard output and error together.
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+/// "Requests/sec:  12345.67" from wrk's report.
+fn wrk_rate(report: &str) -> Option<f64> {
+    report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:")?.trim().parse().ok())
+}
+
+/// The connection count of "1234 connections in 5 real seconds, ..." (s_time's report;
+/// its seconds are whole, so the caller times the run itself).
+fn s_time_connections(report: &str) -> Option<u64> {
+    report.lines().find_map(|l| {
+        let (n, rest) = l.split_once(" connections in ")?;
+        rest.contains("real seconds")
+            .then(|| n.trim().parse().ok())?
+    })
+}
+
+/// Repeats `op` for `secs`; returns how many times per second.
+fn loop_rate(secs: u64, mut op: impl FnMut()) -> f64 {
+    let t0 = Instant::now();
+    let until = Duration::from_secs(secs);
+    let mut n = 0u64;
+    while t0.elapsed() < until {
+        for _ in 0..1000 {
+            op();
+        }
+        n += 1000;
+    }
+    n as f64 / t0.elapsed().as_secs_f64()
+}
+
+fn measure(w: Workload, nginx: &Nginx, secs: u64) -> Result<f64> {
+    let wrk = |extra: &[&str]| -> Result<f64> {
+        let report = output(
+            Command::new("wrk")
+                .args(["-t", "2", "-c", "32", "-d", &format!("{secs}s")])
+                .args(extra)
+                .arg(format!("http://{}/", nginx.http)),
+        )?;
+        wrk_rate(&report).with_context(|| format!("no Requests/sec in wrk's report: {report}"))
+    };
+    match w {
+        Workload::WrkKeepAlive => wrk(&[]),
+        Workload::WrkNewConnection => wrk(&["-H", "Connection: close"]),
+        Workload::Dd64 => {
+            let count: u64 = 2_000_000 * secs;
+            let t0 = Instant::now();
+            output(
+                Command::new("dd")
+                    .args(["if=/dev/zero", "of=/dev/null", "bs=64"])
+                    .arg(format!("count={count}")),
+            )?;
+            Ok(count as f64 / t0.elapsed().as_secs_f64())
+        }
+        Workload::Getpid => Ok(loop_rate(secs, || {
+            // SAFETY: getpid has no preconditions; the raw syscall avoids any libc cache.
+            unsafe { libc::syscall(libc::SYS_getpid) };
+        })),
+        Workload::Pipe => {
+            let mut fds = [0i32; 2];
+            // SAFETY: pipe(2) into a two-element array.
+            if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+                bail!("pipe: {}", std::io::Error::last_os_error());
+            }
+            let mut buf = [7u8; 64];
+            let rate = loop_rate(secs, || {
+                // SAFETY: 64 bytes to and from our own pipe, which has room for them.
+                unsafe {
+                    libc::write(fds[1], buf.as_ptr().cast(), 64);
+                    libc::read(fds[0], buf.as_mut_ptr().cast(), 64);
+                }
+            });
+            // SAFETY: closing the two descriptors pipe(2) gave us.
+            unsafe {
+                libc::close(fds[0]);
+                libc::close(fds[1]);
+            }
+            Ok(rate)
+        }
+        Workload::TlsHandshakes => {
+            let t0 = Instant::now();
+            let report = output(
+                Command::new("openssl")
+                    .args(["s_time", "-connect", &nginx.tls.to_string(), "-new"])
+                    .args(["-time", &secs.to_string()]),
+            )?;
+            let n = s_time_connections(&report)
+                .with_context(|| format!("no connection count in s_time's report: {report}"))?;
+            Ok(n as f64 / t0.elapsed().as_secs_f64())
+        }
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Runs every workload `rounds` times each way; returns the report (a Markdown table).
+pub fn run(bin: &Path, rounds: usize, secs: u64) -> Result<String> {
+    for tool in ["wrk", "nginx", "openssl", "dd"] {
+        let found = Command::new("sh")
+            .args([
+                "-c",
+                &format!("command -v {tool} || test -x /usr/sbin/{tool}"),
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            bail!("{tool} is missing: run scripts/setup.sh test (it installs wrk, nginx, openssl)");
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("tlsmon-bench-capture-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let nginx = start_nginx(&dir)?;
+    let mut without: Vec<Vec<f64>> = vec![Vec::new(); WORKLOADS.len()];
+    let mut with: Vec<Vec<f64>> = vec![Vec::new(); WORKLOADS.len()];
+    for round in 0..rounds {
+        // Alternate which side goes first, so drift (thermal, page cache) favours neither.
+        for attached in [round % 2 == 1, round % 2 == 0] {
+            let daemon = if attached {
+                Some(start_daemon(bin, &dir)?)
+            } else {
+                None
+            };
+            for (i, w) in WORKLOADS.iter().enumerate() {
+                let rate = measure(*w, &nginx, secs)?;
+                eprintln!(
+                    "bench: round {round} {} {}: {rate:.0}/s",
+                    if attached { "with   " } else { "without" },
+                    w.label()
+                );
+                let side = if attached { &mut with } else { &mut without };
+                side[i].push(rate);
+            }
+            drop(daemon);
+        }
+    }
+    drop(nginx);
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut table = String::from(
+        "| workload | without tlsmon | with tlsmon | ratio | target | met |\n| --- | --- | --- | --- | --- | --- |\n",
+    );
+    for (i, w) in WORKLOADS.iter().enumerate() {
+        let (off, on) = (median(&mut without[i]), median(&mut with[i]));
+        let ratio = if off > 0.0 { on / off } else { 0.0 };
+        table.push_str(&format!(
+            "| {} | {off:.0} | {on:.0} | {ratio:.3} | >= {:.2} | {} |\n",
+            w.label(),
+            w.target(),
+            if ratio >= w.target() { "yes" } else { "**no**" }
+        ));
+    }
+    Ok(format!(
+        "capture: {rounds} rounds of {secs} s per workload and side, medians:\n{table}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_of_wrk_and_s_time_are_read() {
+        let wrk = "Running 5s test @ http://127.0.0.1:8080/\n  2 threads and 32 connections\nRequests/sec:  51234.56\nTransfer/sec:      7.33MB\n";
+        assert_eq!(wrk_rate(wrk), Some(51234.56));
+        assert_eq!(wrk_rate("nothing"), None);
+        let s_time = "Collecting connection statistics for 5 seconds\n\n1001 connections in 3.21s; 311.84 connections/user sec, bytes read 0\n1001 connections in 6 real seconds, 0 bytes read per connection\n";
+        assert_eq!(s_time_connections(s_time), Some(1001));
+        assert_eq!(
+            s_time_connections("1001 connections in 3.21s; 311 connections/user sec"),
+            None
+        );
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}
