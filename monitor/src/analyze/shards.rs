@@ -19,27 +19,28 @@ pub const ROUND_FRAMES: usize = 4096;
 /// Rounds in flight before the reader waits for the oldest one's results.
 const ROUNDS_IN_FLIGHT: usize = 4;
 
-/// One segment with its payload copied into the round's buffer.
-struct Item {
-    frame: u64,
-    ts_ns: u64,
-    src: SocketAddr,
-    dst: SocketAddr,
-    seq: u32,
-    flags: u8,
-    payload: std::ops::Range<usize>,
+/// What a worker replays, in frame order.
+enum Item {
+    /// Idle conversations are due at this frame and time (sent to every worker).
+    Tick { frame: u64, ts_ns: u64 },
+    /// One segment, its payload copied into the round's buffer.
+    Segment {
+        frame: u64,
+        ts_ns: u64,
+        src: SocketAddr,
+        dst: SocketAddr,
+        seq: u32,
+        syn: bool,
+        ack: bool,
+        fin: bool,
+        rst: bool,
+        payload: std::ops::Range<usize>,
+    },
 }
-
-const SYN: u8 = 1;
-const ACK: u8 = 2;
-const FIN: u8 = 4;
-const RST: u8 = 8;
 
 /// What one worker gets for one round.
 #[derive(Default)]
 struct Round {
-    /// Expiry ticks (frame, time), broadcast to every worker.
-    ticks: Vec<(u64, u64)>,
     items: Vec<Item>,
     data: Vec<u8>,
 }
@@ -55,7 +56,7 @@ type Answer<T> = Vec<(u64, T)>;
 
 /// The reading side: hands segments to workers and returns their rendered reports, in
 /// order, to `sink`.
-pub struct Shards<'s, T> {
+pub struct Shards<T> {
     jobs: Vec<SyncSender<Job>>,
     answers: Vec<Receiver<Answer<T>>>,
     rounds: Vec<Round>,
@@ -63,14 +64,13 @@ pub struct Shards<'s, T> {
     in_flight: usize,
     expiry: ExpiryClock,
     hasher: std::hash::RandomState,
-    _scope: std::marker::PhantomData<&'s ()>,
 }
 
-impl<'s, T: Send + 's> Shards<'s, T> {
+impl<T: Send> Shards<T> {
     /// Starts `workers` threads in `scope`, each with its own tracker; `render` turns a
     /// report into what the sink gets. Each worker adds the outcomes it judged to
     /// `totals` when it ends.
-    pub fn start<'env, R>(
+    pub fn start<'s, 'env, R>(
         scope: &'s std::thread::Scope<'s, 'env>,
         workers: usize,
         tls_ports: &'env [u16],
@@ -80,6 +80,7 @@ impl<'s, T: Send + 's> Shards<'s, T> {
     ) -> Self
     where
         R: Fn(Report) -> T + Sync,
+        T: 's,
     {
         let workers = workers.max(1);
         let mut jobs = Vec::with_capacity(workers);
@@ -113,7 +114,6 @@ impl<'s, T: Send + 's> Shards<'s, T> {
             in_flight: 0,
             expiry: ExpiryClock::default(),
             hasher: std::hash::RandomState::new(),
-            _scope: std::marker::PhantomData,
         }
     }
 
@@ -127,7 +127,7 @@ impl<'s, T: Send + 's> Shards<'s, T> {
     ) -> Result<(), WorkerGone> {
         if self.expiry.due(ts_ns) {
             for round in &mut self.rounds {
-                round.ticks.push((frame, ts_ns));
+                round.items.push(Item::Tick { frame, ts_ns });
             }
         }
         let (a, b) = if seg.src <= seg.dst {
@@ -139,16 +139,16 @@ impl<'s, T: Send + 's> Shards<'s, T> {
         let round = &mut self.rounds[worker];
         let start = round.data.len();
         round.data.extend_from_slice(seg.payload);
-        round.items.push(Item {
+        round.items.push(Item::Segment {
             frame,
             ts_ns,
             src: seg.src,
             dst: seg.dst,
             seq: seg.seq,
-            flags: flag(seg.syn, SYN)
-                | flag(seg.ack, ACK)
-                | flag(seg.fin, FIN)
-                | flag(seg.rst, RST),
+            syn: seg.syn,
+            ack: seg.ack,
+            fin: seg.fin,
+            rst: seg.rst,
             payload: start..round.data.len(),
         });
         self.frames_in_round += 1;
@@ -208,10 +208,6 @@ impl<'s, T: Send + 's> Shards<'s, T> {
 #[error("an analysis worker stopped unexpectedly")]
 pub struct WorkerGone;
 
-fn flag(on: bool, bit: u8) -> u8 {
-    if on { bit } else { 0 }
-}
-
 /// One worker: rounds in, rendered reports out, until the finish job or a closed channel.
 fn work<T>(
     mut tracker: Tracker,
@@ -224,34 +220,45 @@ fn work<T>(
         let mut answer = Vec::new();
         match job {
             Job::Round(round) => {
-                let mut ticks = round.ticks.iter().peekable();
                 for item in &round.items {
-                    while let Some((frame, ts)) = ticks.next_if(|(f, _)| *f <= item.frame) {
-                        tracker.tick(*ts, &mut done);
-                        answer.extend(done.drain(..).map(|r| (*frame, render(r))));
-                    }
-                    let seg = Segment {
-                        src: item.src,
-                        dst: item.dst,
-                        seq: item.seq,
-                        syn: item.flags & SYN != 0,
-                        ack: item.flags & ACK != 0,
-                        fin: item.flags & FIN != 0,
-                        rst: item.flags & RST != 0,
-                        payload: round.data.get(item.payload.clone()).unwrap_or_default(),
+                    let frame = match *item {
+                        Item::Tick { frame, ts_ns } => {
+                            tracker.tick(ts_ns, &mut done);
+                            frame
+                        }
+                        Item::Segment {
+                            frame,
+                            ts_ns,
+                            src,
+                            dst,
+                            seq,
+                            syn,
+                            ack,
+                            fin,
+                            rst,
+                            ref payload,
+                        } => {
+                            let seg = Segment {
+                                src,
+                                dst,
+                                seq,
+                                syn,
+                                ack,
+                                fin,
+                                rst,
+                                payload: round.data.get(payload.clone()).unwrap_or_default(),
+                            };
+                            tracker.segment(ts_ns, &seg, &mut done);
+                            frame
+                        }
                     };
-                    tracker.segment(item.ts_ns, &seg, &mut done);
-                    answer.extend(done.drain(..).map(|r| (item.frame, render(r))));
-                }
-                for (frame, ts) in ticks {
-                    tracker.tick(*ts, &mut done);
-                    answer.extend(done.drain(..).map(|r| (*frame, render(r))));
+                    answer.extend(done.drain(..).map(|r| (frame, render(r))));
                 }
             }
             Job::Finish(last_ts) => {
-                let left = std::mem::replace(&mut tracker, Tracker::new(Vec::new(), false));
                 answer.extend(
-                    left.finish(last_ts)
+                    tracker
+                        .finish(last_ts)
                         .into_iter()
                         .map(|r| (r.first_ns, render(r))),
                 );

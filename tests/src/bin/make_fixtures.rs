@@ -491,13 +491,13 @@ fn rustls_client(port: &str, ca: &str, name: &str) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
     let argv: Vec<String> = std::env::args().skip(1).collect();
     if let [mode, port, ca, name] = argv.as_slice()
         && mode == "rustls-client"
     {
         return rustls_client(port, ca, name);
     }
+    let mut args = argv.into_iter();
     let out = PathBuf::from(
         args.next()
             .unwrap_or_else(|| "monitor/tests/fixtures/handshakes".into()),
