@@ -195,19 +195,7 @@ impl fmt::Display for StreamSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn record(ct: u8, body: &[u8]) -> Vec<u8> {
-        let mut r = vec![ct, 3, 3];
-        r.extend_from_slice(&(body.len() as u16).to_be_bytes());
-        r.extend_from_slice(body);
-        r
-    }
-
-    fn message(t: u8, len: usize) -> Vec<u8> {
-        let mut m = vec![t, (len >> 16) as u8, (len >> 8) as u8, len as u8];
-        m.extend(std::iter::repeat_n(0xab, len));
-        m
-    }
+    use crate::handshake::record_layer::test_bytes::{message, record};
 
     /// A TLS 1.2 server flight: ServerHello + Certificate split across two records,
     /// ServerHelloDone, then CCS, an encrypted Finished and an (encrypted) alert.

@@ -304,22 +304,34 @@ pub(crate) fn is_record_header(h: &[u8]) -> bool {
     (CT_CHANGE_CIPHER_SPEC..=CT_HEARTBEAT).contains(&h[0]) && h[1] == 3 && h[2] <= 4
 }
 
+/// Byte builders for tests of the record layer and of what reads it.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(ct: u8, body: &[u8]) -> Vec<u8> {
+pub(crate) mod test_bytes {
+    /// A TLS 1.2 record of content type `ct` around `body`.
+    pub fn record(ct: u8, body: &[u8]) -> Vec<u8> {
         let mut r = vec![ct, 3, 3];
         r.extend_from_slice(&(body.len() as u16).to_be_bytes());
         r.extend_from_slice(body);
         r
     }
 
-    fn message(t: u8, body_len: usize) -> Vec<u8> {
-        let mut m = vec![t, 0, (body_len >> 8) as u8, body_len as u8];
+    /// A handshake message of type `t` with a `body_len`-byte counting body.
+    pub fn message(t: u8, body_len: usize) -> Vec<u8> {
+        let mut m = vec![
+            t,
+            (body_len >> 16) as u8,
+            (body_len >> 8) as u8,
+            body_len as u8,
+        ];
         m.extend((0..body_len).map(|i| i as u8));
         m
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_bytes::{message, record};
+    use super::*;
 
     /// A server flight: a certificate message spread over two records, then alert.
     fn sample_stream() -> Vec<u8> {
