@@ -3,13 +3,13 @@
 //! cgroup, default configuration), in rounds that alternate which comes first; the medians
 //! of each side and their ratio (with / without, throughput) are reported.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::thread;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use tlsmon_e2e::{Bg, TempDir, free_port, self_signed_cert, spawn, wait_listening};
 
 use crate::bench_daemon::start_daemon;
 
@@ -60,85 +60,51 @@ impl Workload {
     }
 }
 
-/// nginx on loopback: plain HTTP and TLS, 2 workers, in a scratch directory.
+/// nginx on loopback: plain HTTP and TLS, 2 workers, with its certificate and files in
+/// the scratch directory of a fresh self-signed certificate.
 struct Nginx {
-    child: Child,
+    _process: Bg,
+    _dir: TempDir,
     http: SocketAddr,
     tls: SocketAddr,
 }
 
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the process group nginx leads (master and workers).
-        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn start_nginx(dir: &Path) -> Result<Nginx> {
-    use std::os::unix::process::CommandExt;
-    let ok = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args(["-subj", "/CN=localhost"])
-        .arg("-keyout")
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .context("openssl req")?
-        .success();
-    if !ok {
-        bail!("openssl req could not make a certificate");
-    }
-    let (http, tls) = (free_port()?, free_port()?);
-    let d = dir.display();
+fn start_nginx() -> Nginx {
+    let dir = self_signed_cert();
+    let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let tls = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let d = dir.path().display();
+    let conf = dir.path().join("nginx.conf");
+    let (http_port, tls_port) = (http.port(), tls.port());
     std::fs::write(
-        dir.join("nginx.conf"),
+        &conf,
         format!(
             "worker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
              events {{ worker_connections 1024; }}\n\
              http {{ access_log off; keepalive_requests 1000000;\n\
-             server {{ listen 127.0.0.1:{http}; location / {{ return 200 \"ok\\n\"; }} }}\n\
-             server {{ listen 127.0.0.1:{tls} ssl; ssl_certificate {d}/cert.pem;\n\
+             server {{ listen 127.0.0.1:{http_port}; location / {{ return 200 \"ok\\n\"; }} }}\n\
+             server {{ listen 127.0.0.1:{tls_port} ssl; ssl_certificate {d}/cert.pem;\n\
              ssl_certificate_key {d}/key.pem; ssl_session_cache off; ssl_session_tickets off;\n\
              location / {{ return 200 \"ok\\n\"; }} }} }}\n"
         ),
-    )?;
-    let child = Command::new("nginx")
-        .arg("-p")
-        .arg(dir)
-        .arg("-c")
-        .arg(dir.join("nginx.conf"))
-        .args(["-g", "daemon off;"])
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("start nginx (apt install nginx-light)")?;
-    let nginx = Nginx {
-        child,
-        http: SocketAddr::from(([127, 0, 0, 1], http)),
-        tls: SocketAddr::from(([127, 0, 0, 1], tls)),
-    };
-    let t0 = Instant::now();
-    while std::net::TcpStream::connect(nginx.tls).is_err()
-        || std::net::TcpStream::connect(nginx.http).is_err()
-    {
-        if t0.elapsed() > Duration::from_secs(10) {
-            bail!("nginx did not listen within 10 s");
-        }
-        thread::sleep(Duration::from_millis(50));
+    )
+    .expect("write nginx.conf");
+    let process = spawn(
+        Command::new("nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf)
+            .args(["-g", "daemon off;"]),
+    );
+    wait_listening(http, Duration::from_secs(10));
+    wait_listening(tls, Duration::from_secs(10));
+    Nginx {
+        _process: process,
+        _dir: dir,
+        http,
+        tls,
     }
-    Ok(nginx)
 }
 
 /// Runs a bounded command and returns its standard output and error together.
@@ -273,17 +239,15 @@ pub fn run(bin: &Path, rounds: usize, secs: u64) -> Result<String> {
             bail!("{tool} is missing: run scripts/setup.sh test (it installs wrk, nginx, openssl)");
         }
     }
-    let dir = std::env::temp_dir().join(format!("tlsmon-bench-capture-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    let nginx = start_nginx(&dir)?;
+    let dir = TempDir::new("bench-capture");
+    let nginx = start_nginx();
     let mut without: Vec<Vec<f64>> = vec![Vec::new(); WORKLOADS.len()];
     let mut with: Vec<Vec<f64>> = vec![Vec::new(); WORKLOADS.len()];
     for round in 0..rounds {
         // Alternate which side goes first, so drift (thermal, page cache) favours neither.
         for attached in [round % 2 == 1, round % 2 == 0] {
             let daemon = if attached {
-                Some(start_daemon(bin, &dir)?)
+                Some(start_daemon(bin, dir.path())?)
             } else {
                 None
             };
@@ -301,7 +265,6 @@ pub fn run(bin: &Path, rounds: usize, secs: u64) -> Result<String> {
         }
     }
     drop(nginx);
-    let _ = std::fs::remove_dir_all(&dir);
     let mut table = String::from(
         "| workload | without tlsmon | with tlsmon | ratio | target | met |\n| --- | --- | --- | --- | --- | --- |\n",
     );
