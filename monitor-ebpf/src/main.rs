@@ -7,15 +7,18 @@
 //!   kernel whether it looks like TLS; TLS flows are captured up to a per-direction budget,
 //!   plaintext flows cost no ring record (one short sample on ports known to speak TLS) and
 //!   are only watched for a STARTTLS-style late ClientHello.
-//! - `connect4`/`connect6` name the owner of client sockets (process context), `sock_ops`
-//!   marks accepted sockets as servers, and tp_btf `tcp_rcv_space_adjust` names the first
-//!   process that reads an accepted socket (it runs in the reader's context, after the
-//!   ClientHello arrived, so userspace holds events until the owner is known).
+//! - `connect4`/`connect6` note the owner of client sockets (process context) in an LRU map
+//!   keyed by socket cookie, and tp_btf `tcp_rcv_space_adjust` names the first process that
+//!   reads an accepted socket (it runs in the reader's context, after the ClientHello
+//!   arrived, so userspace holds events until the owner is known).
 //! - tp_btf `inet_sock_set_state`, `tcp_receive_reset`, `tcp_send_reset`: lifecycle of the
 //!   connections that were reported.
 //!
-//! Per-socket state lives in an SK_STORAGE map; the socket cookie is the identity sent to
-//! userspace. Records go to one ring buffer with `BPF_RB_NO_WAKEUP`; userspace drains it on a
+//! Per-socket state lives in an SK_STORAGE map, created only for connections that matter (a
+//! TLS record seen, plaintext on a TLS port, our own): an ordinary TCP connection costs no
+//! allocation; while it is young its first bytes are looked at, judged by the TCP socket's
+//! own counters, and past the watch limit it costs one storage lookup per packet. The socket
+//! cookie is the identity sent to userspace. Records go to one ring buffer with `BPF_RB_NO_WAKEUP`; userspace drains it on a
 //! timer (waking it per record cost 1.4-1.5x CPU on connection-heavy work).
 #![no_std]
 #![no_main]
@@ -25,17 +28,16 @@ use core::{ffi::c_void, mem::size_of, ptr};
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        __sk_buff, BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, bpf_sock, bpf_sock_ops,
+        __sk_buff, BPF_F_NO_COMMON_LRU, BPF_SK_STORAGE_GET_F_CREATE, bpf_sock, bpf_tcp_sock,
     },
-    btf_maps::{HashMap, PerCpuArray, RingBuf, SkStorage},
+    btf_maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, SkStorage},
     helpers::generated::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_ringbuf_output, bpf_sk_fullsock,
         bpf_sk_storage_get, bpf_skb_cgroup_id, bpf_skb_load_bytes, bpf_tcp_sock,
     },
-    macros::{btf_map, btf_tracepoint, cgroup_skb, cgroup_sock_addr, sock_ops},
-    programs::{BtfTracePointContext, SkBuffContext, SockAddrContext, SockOpsContext},
+    macros::{btf_map, btf_tracepoint, cgroup_skb, cgroup_sock_addr},
+    programs::{BtfTracePointContext, SkBuffContext, SockAddrContext},
 };
 use monitor_common::{
     COMM_LEN, CloseEvent, DATA_CHUNK, DataEvent, EventHeader, MAX_DIRECTION_BUDGET, OpenEvent,
@@ -57,7 +59,7 @@ fn global(v: &'static u32) -> u32 {
 }
 
 // ---- per-socket state --------------------------------------------------------------------
-const MODE_NEW: u8 = 0;
+// Mode 0: zero-filled storage not yet given one (never left so).
 const MODE_TLS: u8 = 1;
 const MODE_WATCH: u8 = 2;
 const MODE_DONE: u8 = 3;
@@ -91,6 +93,12 @@ pub struct SockState {
 
 #[btf_map]
 static SOCKS: SkStorage<SockState> = SkStorage::new();
+
+/// Owners of client sockets, noted at connect() (process context) and read when the
+/// connection first matters. LRU: entries of connections that never matter are evicted,
+/// never deleted (cookies are not reused); per-CPU LRU lists, no shared lock.
+#[btf_map]
+static OWNERS: LruHashMap<u64, Owner, 32768, { BPF_F_NO_COMMON_LRU as usize }> = LruHashMap::new();
 
 #[btf_map]
 static EVENTS: RingBuf<u8, { 4 * 1024 * 1024 }> = RingBuf::new();
@@ -293,11 +301,11 @@ fn on_packet(ctx: &SkBuffContext, dir: u8) {
         if sk.is_null() {
             return;
         }
-        // Fast path first: a connection already decided (capture over, plaintext watched
-        // long enough, our own) costs one storage lookup per packet, no header parsing.
-        let known =
+        // Fast path first: a connection already decided (capture over, plaintext on a TLS
+        // port watched long enough, our own) costs one storage lookup per packet.
+        let st =
             bpf_sk_storage_get(map_ptr(&SOCKS), sk.cast(), ptr::null_mut(), 0).cast::<SockState>();
-        if !known.is_null() && matches!((*known).mode, MODE_DONE | MODE_IGNORE) {
+        if !st.is_null() && matches!((*st).mode, MODE_DONE | MODE_IGNORE) {
             return;
         }
         if ptr::read_volatile(&(*sk).protocol) != IPPROTO_TCP {
@@ -307,12 +315,92 @@ fn on_packet(ctx: &SkBuffContext, dir: u8) {
         if family != AF_INET && family != AF_INET6 {
             return;
         }
+        let tp = bpf_tcp_sock(sk);
+        if tp.is_null() {
+            return;
+        }
+        // A connection without state is ordinary so far: past the watch limit (counted by
+        // the TCP socket itself) it is left alone.
+        if st.is_null() && bytes_seen(tp) > u64::from(global(&TLSMON_WATCH_LIMIT)) {
+            return;
+        }
         let Some(seg) = parse_segment(skb, family) else {
             count(counter::PARSE_ERRORS, 1);
             return;
         };
         if seg.payload_len == 0 {
             return;
+        }
+        // One call site for `capture`: its chunk loop is what the verifier pays for.
+        let (st, tls) = if st.is_null() {
+            match on_untracked(skb, sk, tp, dir, &seg) {
+                Some(st) => (st, true),
+                None => return,
+            }
+        } else {
+            let st = &mut *st;
+            let tls = match st.mode {
+                MODE_TLS => true,
+                MODE_WATCH => watch(skb, sk, st, dir, &seg),
+                _ => false,
+            };
+            (st, tls)
+        };
+        if tls {
+            capture(skb, sk, st, dir, &seg);
+        }
+    }
+}
+
+/// Payload bytes the connection has received plus those of its own the peer acknowledged.
+#[inline(always)]
+unsafe fn bytes_seen(tp: *mut bpf_tcp_sock) -> u64 {
+    // SAFETY: fields read through the verifier-checked pointer.
+    unsafe {
+        ptr::read_volatile(&(*tp).bytes_received)
+            .wrapping_add(ptr::read_volatile(&(*tp).bytes_acked))
+    }
+}
+
+/// True for the first payload of a connection: neither side has sent payload before this
+/// segment. The ingress program runs before TCP counts the segment; at egress
+/// `data_segs_out` already counts it, so there the segment must start at the oldest
+/// unacknowledged byte with nothing but the SYN acknowledged.
+#[inline(always)]
+unsafe fn connection_fresh(tp: *mut bpf_tcp_sock, dir: u8, seq: u32) -> bool {
+    // SAFETY: fields read through the verifier-checked pointer.
+    unsafe {
+        if ptr::read_volatile(&(*tp).data_segs_in) != 0 {
+            return false;
+        }
+        if dir == direction::INGRESS {
+            ptr::read_volatile(&(*tp).data_segs_out) == 0
+        } else {
+            ptr::read_volatile(&(*tp).bytes_acked) <= 1 && ptr::read_volatile(&(*tp).snd_una) == seq
+        }
+    }
+}
+
+/// A payload segment of a connection without state. It gets state when it matters: a TLS
+/// record starts (at the connection's first payload, or later: a STARTTLS-style upgrade), or
+/// the connection's first payload goes to or from a port known to speak TLS (one short
+/// sample). Returns the state when the segment is to be captured.
+#[inline(always)]
+unsafe fn on_untracked(
+    skb: *mut __sk_buff,
+    sk: *mut bpf_sock,
+    tp: *mut bpf_tcp_sock,
+    dir: u8,
+    seg: &Segment,
+) -> Option<&'static mut SockState> {
+    // SAFETY: forwarded verifier-checked pointers.
+    unsafe {
+        let fresh = connection_fresh(tp, dir, seg.seq);
+        // A payload shorter than 5 bytes cannot start with a TLS record header.
+        let head = load::<5>(skb, seg.payload_off).unwrap_or([0; 5]);
+        let tls = looks_like_tls(&head);
+        if !tls && !(fresh && port_speaks_tls(sk)) {
+            return None;
         }
         let st = bpf_sk_storage_get(
             map_ptr(&SOCKS),
@@ -322,23 +410,47 @@ fn on_packet(ctx: &SkBuffContext, dir: u8) {
         )
         .cast::<SockState>();
         if st.is_null() {
-            return;
+            return None;
         }
         let st = &mut *st;
-        if st.cookie == 0 {
-            st.cookie = bpf_get_socket_cookie(skb.cast());
+        st.cookie = bpf_get_socket_cookie(skb.cast());
+        if let Some(owner) = OWNERS.get_ptr(&st.cookie) {
+            st.owner = ptr::read(owner);
+            st.flags |= F_ROLE_CLIENT | F_OWNER_KNOWN;
+            if st.owner.tgid == global(&TLSMON_SELF_TGID) {
+                st.mode = MODE_IGNORE;
+                return None;
+            }
+        } else if tls && is_client_hello(skb, seg, &head) {
+            // No connect() seen: the side sending the ClientHello is the client.
+            st.flags |= by_dir(dir, F_ROLE_CLIENT, F_ROLE_SERVER);
+        } else if fresh && dir == direction::INGRESS {
+            // The peer spoke first on a connection we did not open: accepted.
+            st.flags |= F_ROLE_SERVER;
         }
-        // One call site for `capture`: its chunk loop is what the verifier pays for.
-        let tls = match st.mode {
-            MODE_NEW => on_first_payload(skb, sk, st, dir, &seg),
-            MODE_TLS => true,
-            MODE_WATCH => watch(skb, sk, st, dir, &seg),
-            _ => false,
-        };
-        if tls {
-            capture(skb, sk, st, dir, &seg);
+        // Watched from here unless it starts TLS (below, or at a later segment).
+        st.mode = MODE_WATCH;
+        st.watched = seg.payload_len;
+        if !tls {
+            sample(skb, sk, st, dir, seg);
+            return None;
         }
+        if fresh {
+            st.mode = MODE_TLS;
+            count(counter::FLOWS_TLS, 1);
+            report_open(skb, sk, st);
+        } else if !upgrade(skb, sk, st, dir, seg) {
+            return None;
+        }
+        Some(st)
     }
+}
+
+/// The record starting the segment is a ClientHello (handshake type 1; the SSLv2 form
+/// `looks_like_tls` accepts is one by construction).
+#[inline(always)]
+fn is_client_hello(skb: *mut __sk_buff, seg: &Segment, head: &[u8; 5]) -> bool {
+    head[0] != 0x16 || load::<1>(skb, seg.payload_off + 5).is_some_and(|t| t[0] == 1)
 }
 
 /// Start of this direction's stream, read from the TCP socket: the next byte expected
@@ -387,53 +499,41 @@ fn dir_index(dir: u8) -> usize {
     by_dir(dir, 0, 1)
 }
 
+/// Plaintext first payload on a TLS port (e.g. HTTP sent to :443): the open record and one
+/// short sample.
 #[inline(always)]
-unsafe fn on_first_payload(
+unsafe fn sample(
     skb: *mut __sk_buff,
     sk: *mut bpf_sock,
     st: &mut SockState,
     dir: u8,
     seg: &Segment,
-) -> bool {
-    // A first payload shorter than 5 bytes cannot be a TLS record header: plaintext.
-    let first = load::<5>(skb, seg.payload_off).unwrap_or([0; 5]);
+) {
     // SAFETY: forwarded verifier-checked pointers.
     unsafe {
-        if looks_like_tls(&first) {
-            st.mode = MODE_TLS;
-            count(counter::FLOWS_TLS, 1);
-            report_open(skb, sk, st);
-            return true;
+        report_open(skb, sk, st);
+        let n = if seg.payload_len < SAMPLE_LEN as u32 {
+            seg.payload_len
+        } else {
+            SAMPLE_LEN as u32
+        };
+        let origin = stream_origin(sk, dir, false).unwrap_or(seg.seq);
+        let mut flags = data_flags::SAMPLE;
+        if n < seg.payload_len {
+            flags |= data_flags::TRUNCATED;
         }
-        st.mode = MODE_WATCH;
-        if port_speaks_tls(sk) {
-            // Plaintext on a TLS port (e.g. HTTP sent to :443): one short sample.
-            report_open(skb, sk, st);
-            let n = if seg.payload_len < SAMPLE_LEN as u32 {
-                seg.payload_len
-            } else {
-                SAMPLE_LEN as u32
-            };
-            let origin = stream_origin(sk, dir, false).unwrap_or(seg.seq);
-            let mut flags = data_flags::SAMPLE;
-            if n < seg.payload_len {
-                flags |= data_flags::TRUNCATED;
-            }
-            let _ = emit_data(
-                skb,
-                st.cookie,
-                dir,
-                flags,
-                seg.seq,
-                origin,
-                seg.payload_len,
-                seg.payload_off,
-                n,
-            );
-        }
-        st.watched = seg.payload_len;
+        let _ = emit_data(
+            skb,
+            st.cookie,
+            dir,
+            flags,
+            seg.seq,
+            origin,
+            seg.payload_len,
+            seg.payload_off,
+            n,
+        );
     }
-    false
 }
 
 #[inline(always)]
@@ -449,8 +549,9 @@ unsafe fn port_speaks_tls(sk: *mut bpf_sock) -> bool {
     TLS_PORTS.get_ptr(&local).is_some() || TLS_PORTS.get_ptr(&peer).is_some()
 }
 
-/// Plaintext flow: look at the first bytes of each segment for a late ClientHello
-/// (SMTP/IMAP/POP3/FTP/LDAP STARTTLS, PostgreSQL SSLRequest), for the first few KiB only.
+/// Plaintext flow with state (sampled on a TLS port): look at the first bytes of each segment
+/// for a late ClientHello (STARTTLS), for the first few KiB only. Flows without state are
+/// watched the same way by `on_packet`/`on_untracked`.
 #[inline(always)]
 unsafe fn watch(
     skb: *mut __sk_buff,
@@ -470,6 +571,20 @@ unsafe fn watch(
     if !looks_like_tls(&first) {
         return false;
     }
+    // SAFETY: forwarded verifier-checked pointers.
+    unsafe { upgrade(skb, sk, st, dir, seg) }
+}
+
+/// A TLS record starts mid-connection (STARTTLS): both streams start here, this direction at
+/// the segment, the other at its next byte.
+#[inline(always)]
+unsafe fn upgrade(
+    skb: *mut __sk_buff,
+    sk: *mut bpf_sock,
+    st: &mut SockState,
+    dir: u8,
+    seg: &Segment,
+) -> bool {
     // SAFETY: forwarded verifier-checked pointers.
     unsafe {
         let other = if dir == direction::EGRESS {
@@ -716,51 +831,10 @@ fn on_connect(ctx: &SockAddrContext) {
     if ty != SOCK_STREAM || proto != IPPROTO_TCP {
         return;
     }
-    let st = SOCKS.get_or_insert_ptr_mut(ctx, None);
-    if st.is_null() {
-        return;
-    }
-    // SAFETY: storage returned by the kernel for this socket.
-    let st = unsafe { &mut *st };
-    let owner = current_owner();
-    st.cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    st.flags |= F_ROLE_CLIENT | F_OWNER_KNOWN;
-    if owner.tgid == global(&TLSMON_SELF_TGID) {
-        st.mode = MODE_IGNORE;
-    }
-    st.owner = owner;
-}
-
-#[sock_ops]
-pub fn tlsmon_sockops(ctx: SockOpsContext) -> u32 {
-    let op = ctx.op();
-    if op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
-        return 1;
-    }
-    let ops = ctx.ops.cast::<bpf_sock_ops>();
-    // SAFETY: context field read and storage helper on a checked socket pointer.
-    unsafe {
-        let sk = (*ops).__bindgen_anon_2.sk;
-        if sk.is_null() {
-            return 1;
-        }
-        let st = bpf_sk_storage_get(
-            map_ptr(&SOCKS),
-            sk.cast(),
-            ptr::null_mut(),
-            BPF_SK_STORAGE_GET_F_CREATE as u64,
-        )
-        .cast::<SockState>();
-        if st.is_null() {
-            return 1;
-        }
-        if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
-            (*st).flags |= F_ROLE_SERVER;
-        } else {
-            (*st).flags |= F_ROLE_CLIENT;
-        }
-    }
-    1
+    // SAFETY: helper on the program's context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // A full map evicts its oldest entry; a failure leaves the owner to the /proc fallback.
+    let _ = OWNERS.insert(&cookie, &current_owner(), 0);
 }
 
 /// Runs in the context of the process reading a TCP socket (tcp_recvmsg), after the peer's

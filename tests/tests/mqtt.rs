@@ -492,3 +492,46 @@ fn a_stream_of_10000_events_survives_a_30_s_broker_outage_without_loss() {
     assert_eq!(missing, 0, "{}", d.log());
     drop(server);
 }
+
+#[test]
+#[ignore = "root: loads eBPF programs (sudo ./x test)"]
+fn the_daemons_own_tls_connections_are_not_captured() {
+    let scratch = tlsmon_e2e::TempDir::new("own-tls");
+    let dir = scratch.path();
+    broker_pki(dir);
+    let other = tlsmon_e2e::TempDir::new("own-tls-other-ca");
+    broker_pki(other.path());
+    let tls_port = free_port();
+    let _broker = Mosquitto::start(&format!(
+        "listener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\n\
+         keyfile {d}/server.key\n",
+        d = dir.display()
+    ));
+    // The daemon trusts another CA: every handshake it makes with the broker fails.
+    let d = Daemon::start(&format!(
+        "[host]\nid = \"own-tls\"\n\n[mqtt]\nbroker = \"mqtts://localhost:{tls_port}\"\n\
+         ca_file = \"{}/ca.pem\"\n",
+        other.path().display()
+    ));
+    // The broker's side of those connections is another process's: captured and judged.
+    let broker_side = d
+        .wait_failure("since=5m", Duration::from_secs(20), |a| {
+            a["role"] == "server" && a["local"]["port"] == tls_port
+        })
+        .unwrap_or_else(|| panic!("the broker's side was not judged\n{}", d.log()));
+    assert_eq!(broker_side["process"]["comm"], "mosquitto", "{broker_side}");
+    // The daemon's own side, the client of the same connections, is never captured.
+    std::thread::sleep(Duration::from_secs(1));
+    let own: Vec<_> = d
+        .json("/v1/failures?since=5m&limit=1000")
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["peer"]["port"] == tls_port || a["process"]["comm"] == "tlsmon")
+        .cloned()
+        .collect();
+    assert!(
+        own.is_empty(),
+        "the daemon judged its own connections: {own:?}"
+    );
+}

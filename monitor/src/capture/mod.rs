@@ -13,9 +13,7 @@ use std::{fs::File, path::PathBuf};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SockOps,
-    },
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr},
 };
 use monitor_common::{counter, globals};
 
@@ -238,14 +236,6 @@ impl Capture {
         }
         for name in ["tlsmon_connect4", "tlsmon_connect6"] {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            prog.load().map_err(ebpf_err(format!("loading {name}")))?;
-            prog.attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(ebpf_err(format!("attaching {name}")))?;
-            attached.push(name);
-        }
-        {
-            let name = "tlsmon_sockops";
-            let prog: &mut SockOps = program(&mut ebpf, name)?;
             prog.load().map_err(ebpf_err(format!("loading {name}")))?;
             prog.attach(&cgroup, CgroupAttachMode::Single)
                 .map_err(ebpf_err(format!("attaching {name}")))?;
