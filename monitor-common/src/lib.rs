@@ -101,6 +101,8 @@ pub mod globals {
     pub const SELF_TGID: &str = "TLSMON_SELF_TGID";
     pub const DIRECTION_BUDGET: &str = "TLSMON_DIRECTION_BUDGET";
     pub const WATCH_LIMIT: &str = "TLSMON_WATCH_LIMIT";
+    /// Benchmarks only: non-zero makes every program return at once.
+    pub const FLOOR: &str = "TLSMON_FLOOR";
 }
 
 /// Largest payload one DATA record carries; larger segments (loopback GSO super-packets of

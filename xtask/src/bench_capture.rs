@@ -1,7 +1,9 @@
 //! `cargo xtask bench capture`: what attaching tlsmon costs the host's own work. Each
-//! workload runs without and with the release daemon attached (eBPF programs on the root
-//! cgroup, default configuration), in rounds that alternate which comes first; the medians
-//! of each side and their ratio (with / without, throughput) are reported.
+//! workload runs without the daemon, with the daemon's hooks attached but every program
+//! empty (the floor: what the hooks themselves cost), and with the release daemon attached
+//! (eBPF programs on the root cgroup, default configuration), in rounds that rotate which
+//! comes first; the medians of each side and their ratios to "without" (throughput) are
+//! reported.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -241,46 +243,79 @@ pub fn run(bin: &Path, rounds: usize, secs: u64) -> Result<String> {
     }
     let dir = TempDir::new("bench-capture");
     let nginx = start_nginx();
-    let mut without: Vec<Vec<f64>> = vec![Vec::new(); WORKLOADS.len()];
-    let mut with: Vec<Vec<f64>> = vec![Vec::new(); WORKLOADS.len()];
+    let mut rates: [Vec<Vec<f64>>; 3] = std::array::from_fn(|_| vec![Vec::new(); WORKLOADS.len()]);
     for round in 0..rounds {
-        // Alternate which side goes first, so drift (thermal, page cache) favours neither.
-        for attached in [round % 2 == 1, round % 2 == 0] {
-            let daemon = if attached {
-                Some(start_daemon(bin, dir.path())?)
-            } else {
-                None
+        // Rotate which side goes first, so drift (thermal, page cache) favours none.
+        for k in 0..SIDES.len() {
+            let side = SIDES[(round + k) % SIDES.len()];
+            let daemon = match side {
+                Side::Without => None,
+                Side::Floor => Some(start_daemon(
+                    bin,
+                    dir.path(),
+                    &[("TLSMON_BENCH_FLOOR", "1")],
+                )?),
+                Side::With => Some(start_daemon(bin, dir.path(), &[])?),
             };
             for (i, w) in WORKLOADS.iter().enumerate() {
                 let rate = measure(*w, &nginx, secs)?;
                 eprintln!(
-                    "bench: round {round} {} {}: {rate:.0}/s",
-                    if attached { "with   " } else { "without" },
+                    "bench: round {round} {:7} {}: {rate:.0}/s",
+                    side.label(),
                     w.label()
                 );
-                let side = if attached { &mut with } else { &mut without };
-                side[i].push(rate);
+                rates[side as usize][i].push(rate);
             }
             drop(daemon);
         }
     }
     drop(nginx);
     let mut table = String::from(
-        "| workload | without tlsmon | with tlsmon | ratio | target | met |\n| --- | --- | --- | --- | --- | --- |\n",
+        "| workload | without tlsmon | empty programs | with tlsmon | floor ratio | ratio | target | met |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for (i, w) in WORKLOADS.iter().enumerate() {
-        let (off, on) = (median(&mut without[i]), median(&mut with[i]));
-        let ratio = if off > 0.0 { on / off } else { 0.0 };
+        let [off, floor, on] =
+            [Side::Without, Side::Floor, Side::With].map(|s| median(&mut rates[s as usize][i]));
+        let ratio = |x: f64| if off > 0.0 { x / off } else { 0.0 };
         table.push_str(&format!(
-            "| {} | {off:.0} | {on:.0} | {ratio:.3} | >= {:.2} | {} |\n",
+            "| {} | {off:.0} | {floor:.0} | {on:.0} | {:.3} | {:.3} | >= {:.2} | {} |\n",
             w.label(),
+            ratio(floor),
+            ratio(on),
             w.target(),
-            if ratio >= w.target() { "yes" } else { "**no**" }
+            if ratio(on) >= w.target() {
+                "yes"
+            } else {
+                "**no**"
+            }
         ));
     }
     Ok(format!(
-        "capture: {rounds} rounds of {secs} s per workload and side, medians:\n{table}"
+        "capture: {rounds} rounds of {secs} s per workload and side, medians; \
+         empty programs = the same hooks attached, every program returning at once \
+         (TLSMON_BENCH_FLOOR=1): what any design on these hooks costs at least\n{table}"
     ))
+}
+
+/// What is attached while a workload runs.
+#[derive(Clone, Copy, Debug)]
+enum Side {
+    Without = 0,
+    Floor = 1,
+    With = 2,
+}
+
+const SIDES: [Side; 3] = [Side::Without, Side::Floor, Side::With];
+
+impl Side {
+    fn label(self) -> &'static str {
+        match self {
+            Side::Without => "without",
+            Side::Floor => "empty",
+            Side::With => "with",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -115,7 +115,8 @@ impl Drop for Daemon {
 
 /// Starts the release daemon with its default configuration apart from a scratch database
 /// and status endpoint in `dir`; returns once `/readyz` answers (60 s at most).
-pub fn start_daemon(bin: &Path, dir: &Path) -> Result<(Daemon, SocketAddr)> {
+/// Starts `tlsmon run` (scratch database and endpoint, `env` added) and waits until ready.
+pub fn start_daemon(bin: &Path, dir: &Path, env: &[(&str, &str)]) -> Result<(Daemon, SocketAddr)> {
     let endpoint: SocketAddr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let cfg = dir.join("tlsmon.toml");
     std::fs::write(
@@ -130,6 +131,7 @@ pub fn start_daemon(bin: &Path, dir: &Path) -> Result<(Daemon, SocketAddr)> {
         .arg("--config")
         .arg(&cfg)
         .env("TLSMON_LOG", "error")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -153,7 +155,7 @@ pub fn run(bin: &Path, rate: u32, secs: u64) -> Result<String> {
     let dir = std::env::temp_dir().join(format!("tlsmon-bench-daemon-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let (daemon, endpoint) = start_daemon(bin, &dir)?;
+    let (daemon, endpoint) = start_daemon(bin, &dir, &[])?;
     let pid = daemon.0.id();
     // Idle: a few seconds after attach, nothing but the host's own traffic.
     thread::sleep(Duration::from_secs(3));
