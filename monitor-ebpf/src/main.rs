@@ -124,10 +124,11 @@ static OWNERS: Array<ClientOwner, { OWNER_SLOTS as usize }> = Array::new();
 #[btf_map]
 static EVENTS: RingBuf<u8, { 4 * 1024 * 1024 }> = RingBuf::new();
 
-/// Ports known to speak TLS (either end of a connection); userspace fills it from
-/// configuration and from the TLS handshakes it has seen.
+/// Ports known to speak TLS (either end of a connection), indexed by port: non-zero = TLS.
+/// Userspace fills it from configuration and from the TLS handshakes it has seen. An array
+/// (64 KiB): its lookups are inlined by the verifier, and it cannot fill up.
 #[btf_map]
-static TLS_PORTS: HashMap<u16, u8, 4096> = HashMap::new();
+static TLS_PORTS: Array<u8, 65536> = Array::new();
 
 /// Cookies of flows whose outcome userspace has decided: stop capturing them.
 #[btf_map]
@@ -586,8 +587,8 @@ unsafe fn port_speaks_tls(sk: *mut bpf_sock) -> bool {
             u16::from_be(ptr::read_volatile(&(*sk).dst_port)),
         )
     };
-    // SAFETY: lookups of stack keys.
-    TLS_PORTS.get_ptr(&local).is_some() || TLS_PORTS.get_ptr(&peer).is_some()
+    let tls = |port: u16| TLS_PORTS.get(u32::from(port)).is_some_and(|v| *v != 0);
+    tls(local) || tls(peer)
 }
 
 /// Plaintext flow with state (sampled on a TLS port): look at the first bytes of each segment

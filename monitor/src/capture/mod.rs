@@ -12,7 +12,7 @@ use std::{fs::File, path::PathBuf};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr},
 };
 use monitor_common::{counter, globals};
@@ -105,7 +105,7 @@ pub struct Capture {
     _ebpf: Ebpf,
     ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
-    tls_ports: HashMap<MapData, u16, u8>,
+    tls_ports: Array<MapData, u8>,
     stop: HashMap<MapData, u64, u8>,
     /// Names of the attached programs, for status output.
     pub attached: Vec<&'static str>,
@@ -284,14 +284,13 @@ impl Capture {
             .map_err(ebpf_err("opening the EVENTS ring"))?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, "COUNTERS")?)
             .map_err(ebpf_err("opening COUNTERS"))?;
-        let mut tls_ports: HashMap<MapData, u16, u8> =
-            HashMap::try_from(take_map(&mut ebpf, "TLS_PORTS")?)
-                .map_err(ebpf_err("opening TLS_PORTS"))?;
+        let mut tls_ports: Array<MapData, u8> = Array::try_from(take_map(&mut ebpf, "TLS_PORTS")?)
+            .map_err(ebpf_err("opening TLS_PORTS"))?;
         let stop =
             HashMap::try_from(take_map(&mut ebpf, "STOP")?).map_err(ebpf_err("opening STOP"))?;
         for port in &cfg.tls_ports {
             tls_ports
-                .insert(port, &1, 0)
+                .set(u32::from(*port), &1, 0)
                 .map_err(ebpf_err("filling TLS_PORTS"))?;
         }
         Ok(Capture {
@@ -332,8 +331,8 @@ impl Capture {
 
     /// Marks a port as speaking TLS (plaintext sent to it will be sampled).
     pub fn add_tls_port(&mut self, port: u16) {
-        if let Err(e) = self.tls_ports.insert(&port, &1, 0) {
-            tracing::debug!(port, error = %e, "TLS_PORTS full");
+        if let Err(e) = self.tls_ports.set(u32::from(port), &1, 0) {
+            tracing::debug!(port, error = %e, "TLS_PORTS not updated");
         }
     }
 
