@@ -7,8 +7,8 @@
 //!   kernel whether it looks like TLS; TLS flows are captured up to a per-direction budget,
 //!   plaintext flows cost no ring record (one short sample on ports known to speak TLS) and
 //!   are only watched for a STARTTLS-style late ClientHello.
-//! - `connect4`/`connect6` note the owner of client sockets (process context) in an LRU map
-//!   keyed by socket cookie, and tp_btf `tcp_rcv_space_adjust` names the first process that
+//! - `connect4`/`connect6` note the owner of client sockets (process context) in an array
+//!   slot chosen by socket cookie, and tp_btf `tcp_rcv_space_adjust` names the first process that
 //!   reads an accepted socket (it runs in the reader's context, after the ClientHello
 //!   arrived, so userspace holds events until the owner is known).
 //! - tp_btf `inet_sock_set_state`, `tcp_receive_reset`, `tcp_send_reset`: lifecycle of the
@@ -18,8 +18,9 @@
 //! TLS record seen, plaintext on a TLS port, our own): an ordinary TCP connection costs no
 //! allocation; while it is young its first bytes are looked at, judged by the TCP socket's
 //! own counters, and past the watch limit it costs one storage lookup per packet. The socket
-//! cookie is the identity sent to userspace. Records go to one ring buffer with `BPF_RB_NO_WAKEUP`; userspace drains it on a
-//! timer (waking it per record cost 1.4-1.5x CPU on connection-heavy work).
+//! cookie is the identity sent to userspace. Records go to one ring buffer with
+//! `BPF_RB_NO_WAKEUP`; userspace drains it on a timer (waking it per record cost 1.4-1.5x
+//! CPU on connection-heavy work).
 #![no_std]
 #![no_main]
 
