@@ -446,3 +446,74 @@ fn ring_overflow_is_counted_and_reported_as_capture_loss() {
         out.losses
     );
 }
+
+/// Connects, says so, waits for a line on stdin, then offers at most TLS 1.2.
+const LATE_HANDSHAKE_CLIENT: &str = r#"
+import socket, ssl, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+print("connected", flush=True)
+sys.stdin.readline()
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+try:
+    ctx.wrap_socket(s)
+except ssl.SSLError as e:
+    print(e.reason, flush=True)
+"#;
+
+#[test]
+#[ignore = "privileged: run `sudo ./x test`"]
+fn a_connection_opened_before_the_capture_started_gets_its_roles_from_the_client_hello() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let pki = self_signed_cert();
+    let port = free_port();
+    let server_addr = addr(&format!("127.0.0.1:{port}"));
+    let _server = openssl_server(&pki, server_addr, &["-tls1_3"]);
+    // connect() happens before the programs are attached: no owner note, no role from it.
+    let mut client = Command::new("python3")
+        .args(["-c", LATE_HANDSHAKE_CLIENT, &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut lines = BufReader::new(client.stdout.take().expect("stdout")).lines();
+    assert_eq!(
+        lines.next().and_then(Result::ok).as_deref(),
+        Some("connected")
+    );
+    let tracer = Tracer::start(&[]);
+    writeln!(client.stdin.take().expect("stdin")).expect("go");
+    let t0 = std::time::Instant::now();
+    while client.try_wait().expect("wait").is_none() {
+        if t0.elapsed() > Duration::from_secs(10) {
+            let _ = client.kill();
+            panic!("the late client did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let reason = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(
+        reason.contains("VERSION"),
+        "the client must fail on the version: {reason}"
+    );
+    assert!(tracer.wait_for(2, Duration::from_secs(15), |r| r["peer"]
+        == server_addr.to_string()
+        || r["local"] == server_addr.to_string()));
+    let out = tracer.stop();
+    // The side that sent the ClientHello is the client, the other the server.
+    let client = out.one(&server_addr.to_string(), "client");
+    let server = out.one(&server_addr.to_string(), "server");
+    for rec in [client, server] {
+        assert!(
+            s(rec, &["client_to_server"]).contains("handshake(ClientHello)"),
+            "{rec}"
+        );
+        assert!(
+            s(rec, &["server_to_client"]).contains("alert(fatal 70"),
+            "{rec}"
+        );
+    }
+}
