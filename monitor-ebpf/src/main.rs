@@ -207,6 +207,13 @@ fn current_owner() -> Owner {
     owner
 }
 
+/// The segment's first 5 payload bytes; zeros for a shorter payload, which cannot start
+/// with a TLS record header.
+#[inline(always)]
+fn payload_head(skb: *mut __sk_buff, seg: &Segment) -> [u8; 5] {
+    load::<5>(skb, seg.payload_off).unwrap_or([0; 5])
+}
+
 /// "Looks like TLS": a TLS handshake record (type 22, legacy version 3.x), or an
 /// SSLv2-compatible ClientHello (RFC 5246 appendix E.2: 2-byte length with the top bit set,
 /// message type 1, version 3.x or 2.0).
@@ -439,8 +446,7 @@ unsafe fn on_untracked(
     // SAFETY: forwarded verifier-checked pointers.
     unsafe {
         let fresh = connection_fresh(tp, dir, seg.seq);
-        // A payload shorter than 5 bytes cannot start with a TLS record header.
-        let head = load::<5>(skb, seg.payload_off).unwrap_or([0; 5]);
+        let head = payload_head(skb, seg);
         let tls = looks_like_tls(&head);
         if !tls && !(fresh && port_speaks_tls(sk)) {
             return None;
@@ -608,10 +614,7 @@ unsafe fn watch(
         st.mode = MODE_DONE;
         return false;
     }
-    let Some(first) = load::<5>(skb, seg.payload_off) else {
-        return false;
-    };
-    if !looks_like_tls(&first) {
+    if !looks_like_tls(&payload_head(skb, seg)) {
         return false;
     }
     // SAFETY: forwarded verifier-checked pointers.

@@ -167,15 +167,24 @@ fn ipv6_segments_with_extension_headers_are_captured() {
         !ok && out.contains("VERSION"),
         "the client must fail on the version: {out}"
     );
-    assert!(tracer.wait_for(2, Duration::from_secs(15), |r| r["peer"]
-        == server_addr.to_string()
-        || r["local"] == server_addr.to_string()));
-    let out = tracer.stop();
     // The ClientHello travelled behind the extension headers: both ends saw it.
+    let out = both_ends_of_a_version_refusal(tracer, server_addr);
     let client = out.one(&server_addr.to_string(), "client");
     assert_eq!(s(client, &["process", "comm"]), "python3");
-    let server = out.one(&server_addr.to_string(), "server");
-    for rec in [client, server] {
+}
+
+/// Waits until both ends of the connection to `server` are reported, stops the tracer and
+/// checks that each end saw the ClientHello go out and the fatal protocol_version alert (70)
+/// come back.
+fn both_ends_of_a_version_refusal(tracer: Tracer, server: SocketAddr) -> TraceOutput {
+    let server = server.to_string();
+    assert!(
+        tracer.wait_for(2, Duration::from_secs(15), |r| r["peer"] == server
+            || r["local"] == server)
+    );
+    let out = tracer.stop();
+    for role in ["client", "server"] {
+        let rec = out.one(&server, role);
         assert!(
             s(rec, &["client_to_server"]).contains("handshake(ClientHello)"),
             "{rec}"
@@ -185,6 +194,7 @@ fn ipv6_segments_with_extension_headers_are_captured() {
             "{rec}"
         );
     }
+    out
 }
 
 #[test]
@@ -499,21 +509,6 @@ fn a_connection_opened_before_the_capture_started_gets_its_roles_from_the_client
         reason.contains("VERSION"),
         "the client must fail on the version: {reason}"
     );
-    assert!(tracer.wait_for(2, Duration::from_secs(15), |r| r["peer"]
-        == server_addr.to_string()
-        || r["local"] == server_addr.to_string()));
-    let out = tracer.stop();
     // The side that sent the ClientHello is the client, the other the server.
-    let client = out.one(&server_addr.to_string(), "client");
-    let server = out.one(&server_addr.to_string(), "server");
-    for rec in [client, server] {
-        assert!(
-            s(rec, &["client_to_server"]).contains("handshake(ClientHello)"),
-            "{rec}"
-        );
-        assert!(
-            s(rec, &["server_to_client"]).contains("alert(fatal 70"),
-            "{rec}"
-        );
-    }
+    both_ends_of_a_version_refusal(tracer, server_addr);
 }

@@ -279,8 +279,9 @@ pub fn run(bin: &Path, rounds: usize, secs: u64) -> Result<String> {
     for (i, w) in WORKLOADS.iter().enumerate() {
         let [off, floor, on] = [Side::Without, Side::Floor, Side::With]
             .map(|s| median(&mut rates[s as usize][i].clone()));
-        let ratio_floor = paired_ratio(&rates[Side::Floor as usize][i], &rates[0][i]);
-        let ratio = paired_ratio(&rates[Side::With as usize][i], &rates[0][i]);
+        let without = &rates[Side::Without as usize][i];
+        let ratio_floor = paired_ratio(&rates[Side::Floor as usize][i], without);
+        let ratio = paired_ratio(&rates[Side::With as usize][i], without);
         table.push_str(&format!(
             "| {} | {off:.0} | {floor:.0} | {on:.0} | {ratio_floor:.3} | {ratio:.3} | >= {:.2} | {} |\n",
             w.label(),
