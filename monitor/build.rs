@@ -1,33 +1,28 @@
-//! Builds the eBPF object that `tlsmon` embeds.
+//! Embeds the eBPF object that `tlsmon` loads.
 //!
-//! With `TLSMON_BUILD_EBPF=1` (set by `cargo xtask`), aya-build compiles `monitor-ebpf` with
-//! the pinned nightly and bpf-linker. Otherwise an empty object is written so plain
-//! `cargo build` / `cargo test` need neither nightly nor bpf-linker; such a binary says so
-//! clearly when asked to capture.
+//! `cargo xtask build` (and every xtask that needs a capturing daemon) first builds
+//! `monitor-ebpf` with the pinned nightly and bpf-linker, in the open so its progress and
+//! warnings read as ordinary cargo output, then builds this crate with
+//! `TLSMON_EBPF_OBJECT=<path of the object>`. Without it an empty object is embedded, so
+//! plain `cargo build` / `cargo test` need neither nightly nor bpf-linker; such a binary
+//! says so clearly when asked to capture.
 use std::{env, fs, path::PathBuf};
 
-/// The nightly that builds the eBPF crate (see shared toolchain notes and xtask).
-const EBPF_TOOLCHAIN: &str = "nightly-2026-10-30";
-
-fn main() -> anyhow::Result<()> {
-    println!("cargo:rerun-if-env-changed=TLSMON_BUILD_EBPF");
-    let out = PathBuf::from(env::var("OUT_DIR")?);
+fn main() -> Result<(), String> {
+    println!("cargo:rerun-if-env-changed=TLSMON_EBPF_OBJECT");
+    let out = PathBuf::from(env::var("OUT_DIR").map_err(|e| format!("OUT_DIR: {e}"))?);
     let object = out.join("monitor");
-    if env::var("TLSMON_BUILD_EBPF").as_deref() != Ok("1") {
-        fs::write(&object, [])?;
-        return Ok(());
+    match env::var_os("TLSMON_EBPF_OBJECT") {
+        Some(built) => {
+            println!("cargo:rerun-if-changed={}", PathBuf::from(&built).display());
+            fs::copy(&built, &object).map_err(|e| {
+                format!(
+                    "TLSMON_EBPF_OBJECT={}: {e} (build it with `cargo xtask build`)",
+                    PathBuf::from(&built).display()
+                )
+            })?;
+        }
+        None => fs::write(&object, []).map_err(|e| format!("{}: {e}", object.display()))?,
     }
-    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../monitor-ebpf");
-    let root = root
-        .to_str()
-        .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path"))?
-        .to_owned();
-    aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "monitor-ebpf",
-            root_dir: &root,
-            ..Default::default()
-        }],
-        aya_build::Toolchain::Custom(EBPF_TOOLCHAIN),
-    )
+    Ok(())
 }

@@ -17,18 +17,20 @@ use std::{
 
 use anyhow::{Context, bail};
 use tlsmon::{
-    alerts::Update,
-    config::Config,
-    event::{Endpoint, Event, Host, Kind, ProcessRef, SCHEMA, Severity, TlsFacts},
-    events::Role,
-    mqtt::{Publisher, Settings},
-    outbox::OutboxPolicy,
-    status::Shared,
-    store::{Retention, Write, Writer},
+    alert::{
+        Update,
+        document::{Endpoint, Event, Kind, ProcessRef, SCHEMA, Severity, TlsFacts},
+    },
+    config::{Config, Host},
+    flow::Role,
+    mqtt::Settings,
+    publish::Publisher,
+    state::DaemonState,
+    store::{OutboxPolicy, Retention, Write, Writer},
 };
 
 fn event(n: u64, now_ms: u64, host: &Host) -> Event {
-    let t = tlsmon::analyze::rfc3339(now_ms.saturating_mul(1_000_000));
+    let t = tlsmon::clock::rfc3339(now_ms.saturating_mul(1_000_000));
     Event {
         schema: SCHEMA,
         event_id: uuid::Uuid::now_v7().to_string(),
@@ -98,7 +100,7 @@ fn main() -> anyhow::Result<()> {
             host: host.clone(),
         }),
     )?;
-    let shared = Arc::new(Shared::new(db.clone(), String::new()));
+    let shared = Arc::new(DaemonState::new(db.clone(), String::new()));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -115,7 +117,7 @@ fn main() -> anyhow::Result<()> {
                     std::thread::sleep(wait);
                 }
             }
-            let now = tlsmon::store::now_ms();
+            let now = tlsmon::clock::now_ms();
             tx.send(Write::Alert(Update::New(Box::new(event(n, now, &host)))))?;
         }
         Ok(t0.elapsed())
@@ -142,7 +144,7 @@ fn main() -> anyhow::Result<()> {
     });
     writer.flush(Duration::from_secs(10));
     let conn = tlsmon::store::open_reader(&db)?;
-    println!("backlog {}", tlsmon::outbox::backlog(&conn)?);
+    println!("backlog {}", tlsmon::store::outbox::backlog(&conn)?);
     writer.close();
     Ok(())
 }

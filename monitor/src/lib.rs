@@ -1,30 +1,25 @@
 //! tlsmon: which process failed a TLS handshake with which peer, and why.
 //!
-//! Data flow (see ARCHITECTURE.md): `capture` (kernel programs, ring, /proc) →
-//! `events` (typed records) → `flows` (per-connection state, `reassembly` per direction) →
-//! `records` (TLS record headers) → `trace` (what the operator sees).
+//! The folders follow the data (ARCHITECTURE.md draws it): `capture` (kernel programs, ring,
+//! /proc) → `flow` (typed records, reassembly, per-connection state) → `handshake` (the pure
+//! diagnosis core) → `judge` (one verdict per live connection, filters) → `alert` (event
+//! document, dedup) → `store` (SQLite history and the MQTT outbox) → `publish` (MQTT) and the
+//! daemon's endpoint. `daemon` wires them; `analyze` is the offline path into the same core;
+//! `fleet` is the aggregator, which reads only documents; `cli` parses and prints.
 
-pub mod aggregate;
-pub mod alerts;
+pub mod alert;
 pub mod analyze;
 pub mod capture;
 pub mod cli;
-pub mod client;
+pub mod clock;
 pub mod config;
 pub mod daemon;
-pub mod event;
-pub mod events;
-pub mod filters;
 pub mod fleet;
-pub mod flows;
+pub mod flow;
 pub mod handshake;
+pub mod http;
 pub mod judge;
-pub mod metrics;
 pub mod mqtt;
-pub mod outbox;
-pub mod reassembly;
-pub mod records;
-pub mod schema;
-pub mod status;
+pub mod publish;
+pub mod state;
 pub mod store;
-pub mod trace;

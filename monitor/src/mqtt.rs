@@ -1,40 +1,16 @@
-//! Publishing to an MQTT broker (rumqttc) from the SQLite outbox. Topics under
-//! `<prefix>/v1/<site>/<host>/`: `events` (QoS 1: alert documents and gap records, in outbox
-//! order), `summary` (QoS 0, every `summary_interval_secs`), `status` (retained `online`;
-//! the Last Will and a clean stop set `offline`).
-//!
-//! Delivery: a row leaves the outbox only when the broker acknowledged it (PUBACK); after a
-//! disconnect everything unacknowledged is read again from the database, so a broker outage
-//! or a daemon crash loses nothing (consumers dedup by `event_id`). Capture never waits on
-//! this task: it only reads the database and sends acknowledgements to the store's writer.
+//! The connection to an MQTT broker that the publisher and the aggregator share: broker
+//! address and topics of this host, credentials and TLS files read at start (so errors
+//! surface then), rumqttc options, and the event-loop driver that reconnects with backoff.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    path::PathBuf,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc::SyncSender,
-    },
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS,
-    TlsConfiguration, Transport,
-};
-use serde::Serialize;
-
-use crate::{
-    config::{Broker, Config},
-    event::Host,
-    outbox,
-    store::{self, Write},
+    ConnectionError, Event, EventLoop, MqttOptions, Packet, TlsConfiguration, Transport,
 };
 
-/// Publishes in flight at most (unacknowledged).
-const WINDOW: usize = 1000;
+use crate::config::{Broker, Config, Host};
+
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const SYSTEM_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
 
@@ -144,19 +120,6 @@ impl Settings {
         }))
     }
 
-    fn options(&self) -> MqttOptions {
-        let mut o = self.connection_options(&self.client_id);
-        o.set_clean_session(true)
-            .set_inflight(WINDOW as u16)
-            .set_last_will(LastWill::new(
-                &self.topics.status,
-                status_doc(&self.host, &self.site, "offline"),
-                QoS::AtLeastOnce,
-                true,
-            ));
-        o
-    }
-
     /// Broker address, keepalive, credentials and TLS: what every tlsmon client shares.
     pub fn connection_options(&self, client_id: &str) -> MqttOptions {
         let mut o = MqttOptions::new(client_id, &self.broker.host, self.broker.port);
@@ -189,76 +152,8 @@ fn sanitize_level(s: &str) -> String {
         .collect()
 }
 
-#[derive(Serialize, schemars::JsonSchema)]
-struct StatusDoc<'a> {
-    schema: &'static str,
-    state: &'a str,
-    host: &'a Host,
-    site: &'a str,
-    version: &'static str,
-    capabilities: [&'static str; 3],
-    time: String,
-}
-
-fn status_doc(host: &Host, site: &str, state: &str) -> String {
-    serde_json::to_string(&StatusDoc {
-        schema: "tlsmon.status/1",
-        state,
-        host,
-        site,
-        version: env!("CARGO_PKG_VERSION"),
-        capabilities: ["events", "summary", "gap"],
-        time: crate::analyze::rfc3339(store::now_ms().saturating_mul(1_000_000)),
-    })
-    .unwrap_or_default()
-}
-
-/// What the publisher did, for the status endpoint and metrics.
-#[derive(Debug, Default)]
-pub struct MqttStats {
-    pub connected: AtomicBool,
-    pub published: AtomicU64,
-    pub acked: AtomicU64,
-    pub connects: AtomicU64,
-    pub last_error: Mutex<Option<String>>,
-}
-
-/// The running publisher.
-pub struct Publisher {
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-    pub stats: Arc<MqttStats>,
-}
-
-/// The daemon's counters (shared with the status endpoint) that the summary reports.
-pub type SummarySource = Arc<crate::status::Shared>;
-
-impl Publisher {
-    pub fn start(
-        settings: Settings,
-        db: PathBuf,
-        writer: SyncSender<Write>,
-        shared: SummarySource,
-    ) -> Publisher {
-        install_crypto();
-        let stats = Arc::new(MqttStats::default());
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(run(settings, db, writer, stats.clone(), shared, stop_rx));
-        Publisher { stop, task, stats }
-    }
-
-    /// Publishes `offline` (retained), waits for outstanding acknowledgements (bounded),
-    /// disconnects.
-    pub async fn stop(self, limit: Duration) {
-        let _ = self.stop.send(true);
-        if tokio::time::timeout(limit, self.task).await.is_err() {
-            tracing::warn!("MQTT publisher did not stop within {limit:?}");
-        }
-    }
-}
-
 /// Forwards the event loop's notifications (reconnecting with backoff after errors).
-pub(crate) async fn drive(
+pub async fn drive(
     mut el: EventLoop,
     tx: tokio::sync::mpsc::Sender<Result<Event, String>>,
     broker: String,
@@ -286,7 +181,7 @@ pub(crate) async fn drive(
     }
 }
 
-pub(crate) fn describe(e: &ConnectionError, broker: &str, retry: Duration) -> String {
+pub fn describe(e: &ConnectionError, broker: &str, retry: Duration) -> String {
     let what = match e {
         ConnectionError::ConnectionRefused(code) => format!(
             "the broker refused the connection ({code:?}){}",
@@ -306,288 +201,8 @@ pub(crate) fn describe(e: &ConnectionError, broker: &str, retry: Duration) -> St
 }
 
 /// rustls needs one crypto provider for the process; ring is the one we build.
-pub(crate) fn install_crypto() {
+pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// The publisher's state for one connection.
-#[derive(Default)]
-struct Session {
-    connected: bool,
-    /// Highest outbox id handed to the client in this session.
-    cursor: i64,
-    /// Outbox ids (None: a status publish) in the order they were handed to the client;
-    /// rumqttc reports `Outgoing::Publish(pkid)` in that order.
-    order: VecDeque<Option<i64>>,
-    /// Packet id -> outbox id, until PUBACK.
-    inflight: HashMap<u16, Option<i64>>,
-    acked: Vec<i64>,
-}
-
-impl Session {
-    /// A new connection (or none): nothing in flight, read the outbox from its start again;
-    /// acknowledgements not yet handed to the store are kept.
-    fn restart(&mut self, connected: bool) {
-        *self = Session {
-            connected,
-            acked: std::mem::take(&mut self.acked),
-            ..Session::default()
-        };
-    }
-
-    fn in_flight(&self) -> usize {
-        self.order.len() + self.inflight.len()
-    }
-}
-
-async fn run(
-    s: Settings,
-    db: PathBuf,
-    writer: SyncSender<Write>,
-    stats: Arc<MqttStats>,
-    shared: SummarySource,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let (client, el) = AsyncClient::new(s.options(), WINDOW * 2);
-    let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
-    let driver = tokio::spawn(drive(el, tx, s.broker.to_string()));
-    let mut conn: Option<rusqlite::Connection> = None;
-    let mut sess = Session::default();
-    let mut fill = tokio::time::interval(Duration::from_millis(20));
-    fill.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut summary = tokio::time::interval(s.summary_interval);
-    summary.tick().await;
-    let mut last_error: Option<String> = None;
-    loop {
-        tokio::select! {
-            ev = rx.recv() => match ev {
-                Some(Ok(ev)) => on_event(ev, &client, &s, &mut sess, &stats).await,
-                Some(Err(msg)) => {
-                    if sess.connected || last_error.as_ref() != Some(&msg) {
-                        tracing::warn!("{msg}");
-                    }
-                    if let Ok(mut l) = stats.last_error.lock() {
-                        *l = Some(msg.clone());
-                    }
-                    last_error = Some(msg);
-                    sess.restart(false);
-                    stats.connected.store(false, Ordering::Relaxed);
-                }
-                None => break,
-            },
-            _ = fill.tick() => {
-                if !sess.acked.is_empty() {
-                    // If the writer's queue is full these rows stay and are published again
-                    // after the next reconnect (consumers dedup by event_id).
-                    let _ = writer.try_send(Write::Acked(std::mem::take(&mut sess.acked)));
-                }
-                if sess.connected {
-                    publish_pending(&client, &s, &db, &mut conn, &mut sess, &stats);
-                }
-            }
-            _ = summary.tick() => {
-                if sess.connected {
-                    let doc = summary_doc(&s, &db, &mut conn, &shared);
-                    if client.try_publish(&s.topics.summary, QoS::AtMostOnce, false, doc).is_ok() {
-                        // QoS 0 is reported as Outgoing::Publish(0): keep the order aligned.
-                        sess.order.push_back(None);
-                    }
-                }
-            }
-            _ = stop.changed() => break,
-        }
-    }
-    // Clean stop: offline (retained, QoS 1), then what was acknowledged is recorded.
-    if sess.connected {
-        let _ = client.try_publish(
-            &s.topics.status,
-            QoS::AtLeastOnce,
-            true,
-            status_doc(&s.host, &s.site, "offline"),
-        );
-        sess.order.push_back(None);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        while sess.in_flight() > 0 {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(Ok(ev))) => on_event(ev, &client, &s, &mut sess, &stats).await,
-                _ => break,
-            }
-        }
-        let _ = client.try_disconnect();
-        let _ = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await;
-    }
-    if !sess.acked.is_empty() {
-        let _ = writer.send(Write::Acked(std::mem::take(&mut sess.acked)));
-    }
-    driver.abort();
-}
-
-async fn on_event(
-    ev: Event,
-    client: &AsyncClient,
-    s: &Settings,
-    sess: &mut Session,
-    stats: &MqttStats,
-) {
-    match ev {
-        Event::Incoming(Packet::ConnAck(_)) => {
-            // A new session: everything unacknowledged is read again from the outbox.
-            sess.restart(true);
-            stats.connected.store(true, Ordering::Relaxed);
-            stats.connects.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(broker = %s.broker, topic = %s.topics.events, "MQTT connected");
-            if client
-                .try_publish(
-                    &s.topics.status,
-                    QoS::AtLeastOnce,
-                    true,
-                    status_doc(&s.host, &s.site, "online"),
-                )
-                .is_ok()
-            {
-                sess.order.push_back(None);
-            }
-        }
-        Event::Outgoing(Outgoing::Publish(pkid)) => {
-            if let Some(id) = sess.order.pop_front()
-                && pkid != 0
-            {
-                sess.inflight.insert(pkid, id);
-            }
-        }
-        Event::Incoming(Packet::PubAck(ack)) => {
-            if let Some(id) = sess.inflight.remove(&ack.pkid) {
-                stats.acked.fetch_add(1, Ordering::Relaxed);
-                if let Some(id) = id {
-                    sess.acked.push(id);
-                }
-            }
-        }
-        _ => {}
-    }
-}
-
-fn publish_pending(
-    client: &AsyncClient,
-    s: &Settings,
-    db: &std::path::Path,
-    conn: &mut Option<rusqlite::Connection>,
-    sess: &mut Session,
-    stats: &MqttStats,
-) {
-    let room = WINDOW.saturating_sub(sess.in_flight());
-    if room == 0 {
-        return;
-    }
-    let Some(c) = reader(db, conn) else {
-        return;
-    };
-    let rows = match outbox::pending(c, sess.cursor, room) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the MQTT outbox");
-            *conn = None;
-            return;
-        }
-    };
-    for row in rows {
-        if client
-            .try_publish(&s.topics.events, QoS::AtLeastOnce, false, row.payload)
-            .is_err()
-        {
-            break;
-        }
-        sess.cursor = row.id;
-        sess.order.push_back(Some(row.id));
-        stats.published.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-fn reader<'a>(
-    db: &std::path::Path,
-    conn: &'a mut Option<rusqlite::Connection>,
-) -> Option<&'a rusqlite::Connection> {
-    if conn.is_none() {
-        *conn = store::open_reader(db).ok();
-    }
-    conn.as_ref()
-}
-
-#[derive(Serialize, schemars::JsonSchema)]
-struct SummaryDoc<'a> {
-    schema: &'static str,
-    time: String,
-    host: &'a Host,
-    site: &'a str,
-    interval_secs: u64,
-    /// Since the daemon started.
-    handshakes: Handshakes,
-    /// Failures by process and cause among alerts active in the last interval.
-    failing: Vec<Failing>,
-    outbox_backlog: u64,
-}
-
-#[derive(Serialize, schemars::JsonSchema)]
-struct Handshakes {
-    judged: u64,
-    ok: u64,
-    failed: u64,
-    warnings: u64,
-}
-
-#[derive(Serialize, schemars::JsonSchema)]
-struct Failing {
-    process: String,
-    cause: String,
-    count: u64,
-}
-
-/// JSON Schema of the summary and status documents (docs/schema/).
-pub fn summary_schema() -> String {
-    crate::schema::schema_text::<SummaryDoc<'static>>()
-}
-
-pub fn status_schema() -> String {
-    crate::schema::schema_text::<StatusDoc<'static>>()
-}
-
-fn summary_doc(
-    s: &Settings,
-    db: &std::path::Path,
-    conn: &mut Option<rusqlite::Connection>,
-    shared: &SummarySource,
-) -> String {
-    let now = store::now_ms();
-    let since = now.saturating_sub(s.summary_interval.as_millis() as u64);
-    let (failing, backlog) = reader(db, conn).map_or((Vec::new(), 0), |c| {
-        (
-            store::top(c, store::TopBy::Process, since, 50).unwrap_or_default(),
-            outbox::backlog(c).unwrap_or(0),
-        )
-    });
-    serde_json::to_string(&SummaryDoc {
-        schema: "tlsmon.summary/1",
-        time: crate::analyze::rfc3339(now.saturating_mul(1_000_000)),
-        host: &s.host,
-        site: &s.site,
-        interval_secs: s.summary_interval.as_secs(),
-        handshakes: Handshakes {
-            judged: shared.judged.load(Ordering::Relaxed),
-            ok: shared.ok.load(Ordering::Relaxed),
-            failed: shared.failed.load(Ordering::Relaxed),
-            warnings: shared.warnings.load(Ordering::Relaxed),
-        },
-        failing: failing
-            .into_iter()
-            .map(|(process, cause, count)| Failing {
-                process,
-                cause,
-                count,
-            })
-            .collect(),
-        outbox_backlog: backlog,
-    })
-    .unwrap_or_default()
 }
 
 #[cfg(test)]

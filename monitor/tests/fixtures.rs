@@ -8,8 +8,7 @@ use monitor_common::tcp_state;
 use serde_json::Value;
 use tlsmon::analyze::conversations::{Event, Report, replay, verdict};
 use tlsmon::analyze::{Pass, analyze_file};
-use tlsmon::events::{CaptureEvent, ConnInfo, DataChunk, Direction, Lifecycle, Role};
-use tlsmon::flows::FlowLimits;
+use tlsmon::flow::{CaptureEvent, ConnInfo, DataChunk, Direction, FlowLimits, Lifecycle, Role};
 use tlsmon::handshake::{CloseKind, DEFAULT_TLS_PORTS, HandshakeOutcome, Party};
 use tlsmon::judge::Judge;
 
@@ -440,7 +439,7 @@ fn the_output_does_not_depend_on_the_number_of_workers() {
         let totals = analyze_file(
             &capture,
             &pass,
-            |r| serde_json::to_string(&tlsmon::analyze::OutcomeLine::new(&r)).expect("json"),
+            |r| serde_json::to_string(&tlsmon::cli::analyze::OutcomeLine::new(&r)).expect("json"),
             |l| lines.push(l),
         )
         .expect("analyze");

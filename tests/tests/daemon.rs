@@ -178,7 +178,7 @@ fn a_server_the_kernel_did_not_name_is_found_through_proc() {
         "",
         &[
             ("TLSMON_SKIP_PROGRAMS", "tlsmon_reader"),
-            ("TLSMON_LOG", "info,tlsmon::capture::socket_owner=debug"),
+            ("TLSMON_LOG", "info,tlsmon::capture::socket_holder=debug"),
         ],
     );
     assert!(d.log().contains("not attached"), "{}", d.log());

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use crate::flow::reassembly::StreamReassembler;
 use crate::handshake::{CloseKind, Connection, ConnectionMeta, HandshakeOutcome, Party};
-use crate::reassembly::StreamReassembler;
 
 use super::segments::Segment;
 

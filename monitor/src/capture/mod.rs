@@ -6,7 +6,7 @@
 //! `BPF_RB_NO_WAKEUP` and drained on a timer by the caller.
 
 pub mod process;
-pub mod socket_owner;
+pub mod socket_holder;
 
 use std::{fs::File, path::PathBuf};
 
@@ -17,7 +17,10 @@ use aya::{
 };
 use monitor_common::{counter, globals};
 
-use crate::events::{CaptureEvent, DecodeError, decode};
+use crate::flow::{
+    CaptureEvent,
+    capture_event::{DecodeError, decode},
+};
 
 /// The eBPF object built by `monitor/build.rs` (empty unless built through `cargo xtask`).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));

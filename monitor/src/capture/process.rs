@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::events::KernelOwner;
+use crate::flow::Task;
 
 /// A process as tlsmon names it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -105,7 +105,7 @@ impl ProcessCache {
     }
 
     /// Names the owner the kernel reported, with /proc details while the process exists.
-    pub fn resolve(&mut self, owner: &KernelOwner) -> ProcessInfo {
+    pub fn resolve(&mut self, owner: &Task) -> ProcessInfo {
         let dir = self.root.join(owner.tgid.to_string());
         let start = std::fs::read_to_string(dir.join("stat"))
             .ok()
@@ -169,7 +169,7 @@ impl ProcessCache {
 /// The process of each reported connection, resolved when the kernel names it (at open,
 /// while a short-lived client still exists) and handed over with the connection's verdict.
 #[derive(Default)]
-pub struct Owners {
+pub struct ConnectionProcesses {
     cache: ProcessCache,
     by_cookie: HashMap<u64, ProcessInfo>,
 }
@@ -178,10 +178,10 @@ pub struct Owners {
 /// arrive after the verdict and are never taken).
 const MAX_OWNERS: usize = 131_072;
 
-impl Owners {
+impl ConnectionProcesses {
     /// Resolves the owner an open or owner event carries.
-    pub fn observe(&mut self, ev: &crate::events::CaptureEvent) {
-        use crate::events::CaptureEvent;
+    pub fn observe(&mut self, ev: &crate::flow::CaptureEvent) {
+        use crate::flow::CaptureEvent;
         let (cookie, owner) = match ev {
             CaptureEvent::Open {
                 cookie,
@@ -201,7 +201,7 @@ impl Owners {
     }
 
     /// The connection's process: as resolved earlier, else from the kernel's owner now.
-    pub fn take(&mut self, cookie: u64, kernel: Option<&KernelOwner>) -> Option<ProcessInfo> {
+    pub fn take(&mut self, cookie: u64, kernel: Option<&Task>) -> Option<ProcessInfo> {
         self.by_cookie
             .remove(&cookie)
             .or_else(|| kernel.map(|o| self.cache.resolve(o)))
@@ -259,7 +259,7 @@ mod tests {
     fn our_own_process_is_resolved_from_proc() {
         let me = std::process::id();
         let mut cache = ProcessCache::default();
-        let owner = KernelOwner {
+        let owner = Task {
             tgid: me,
             pid: me,
             cgroup_id: 0,
@@ -273,7 +273,7 @@ mod tests {
     #[test]
     fn a_gone_process_keeps_the_kernel_comm() {
         let mut cache = ProcessCache::with_root("/nonexistent-proc");
-        let owner = KernelOwner {
+        let owner = Task {
             tgid: 4312,
             pid: 4312,
             cgroup_id: 0,
@@ -296,7 +296,7 @@ mod tests {
         .unwrap();
         std::os::unix::fs::symlink("/usr/bin/curl", dir.join("exe")).unwrap();
         let mut cache = ProcessCache::with_root(&root);
-        let owner = KernelOwner {
+        let owner = Task {
             tgid: 4312,
             pid: 4312,
             cgroup_id: 0,
@@ -305,7 +305,7 @@ mod tests {
         assert_eq!(cache.resolve(&owner).exe, Some("/usr/bin/curl".into()));
         std::fs::remove_dir_all(&root).unwrap();
         assert_eq!(cache.resolve(&owner).exe, Some("/usr/bin/curl".into()));
-        let renamed = KernelOwner {
+        let renamed = Task {
             comm: "sshd".into(),
             ..owner
         };

@@ -1,7 +1,9 @@
-//! The fleet aggregator's core: parse what hosts publish ([`message`]), keep every event
-//! once in SQLite or PostgreSQL ([`store`] over [`sql`]), and the view operators read
-//! ([`view`]). `crate::aggregate` is the edge that runs it (MQTT, HTTP).
+//! The fleet side: `tlsmon aggregate` ([`aggregate`]: shared-subscription consumer, store
+//! thread, `/v1/fleet`), what hosts publish parsed ([`message`]), every event kept once in
+//! SQLite or PostgreSQL ([`store`] over [`sql`]), and the view operators read ([`view`]).
+//! It reads documents, never capture or kernel types.
 
+pub mod aggregate;
 pub mod message;
 pub mod sql;
 pub mod store;

@@ -198,7 +198,7 @@ impl FleetStore {
             )?
             .iter()
             .map(|r| Hour {
-                hour: crate::analyze::rfc3339(
+                hour: crate::clock::rfc3339(
                     (get(r, 0).int().max(0) as u64).saturating_mul(1_000_000),
                 ),
                 failures: get(r, 1).int().max(0) as u64,
@@ -207,8 +207,8 @@ impl FleetStore {
         Ok(FleetView {
             schema: "tlsmon.fleet/1".into(),
             store: self.name.clone(),
-            generated: crate::analyze::rfc3339((now_ms.max(0) as u64).saturating_mul(1_000_000)),
-            since: crate::analyze::rfc3339((since_ms.max(0) as u64).saturating_mul(1_000_000)),
+            generated: crate::clock::rfc3339((now_ms.max(0) as u64).saturating_mul(1_000_000)),
+            since: crate::clock::rfc3339((since_ms.max(0) as u64).saturating_mul(1_000_000)),
             totals,
             by_cause,
             by_server,

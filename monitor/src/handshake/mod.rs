@@ -6,7 +6,7 @@
 //! this same type. Memory per connection is bounded (see `record_layer`).
 
 pub mod certs;
-mod diagnose;
+pub mod diagnose;
 pub mod hello;
 pub mod names;
 pub mod outcome;
@@ -171,6 +171,12 @@ impl Connection {
         diagnose::outcome(&self.facts, &self.layers, Some(now_ns))
     }
 
+    /// The deciding half alone (no sentence): what `outcome` (`None`) or `finish`
+    /// (`Some(now_ns)`) rest on, with the rule that fired.
+    pub fn decision(&self, finish_at: Option<u64>) -> diagnose::Decision {
+        diagnose::decide::decide(&self.facts, &self.layers, finish_at)
+    }
+
     fn item(&mut self, from: Party, ts_ns: u64, item: Item) {
         let f = &mut self.facts;
         match item {
@@ -263,6 +269,3 @@ impl Connection {
         }
     }
 }
-
-#[cfg(test)]
-mod tests;

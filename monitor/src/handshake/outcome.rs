@@ -44,7 +44,7 @@ pub enum CloseKind {
     Reset,
 }
 
-/// How far the handshake got (failures.md, "the stage reached").
+/// How far the handshake got: the last message seen, in protocol order.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
@@ -80,7 +80,8 @@ impl Stage {
     }
 }
 
-/// The cause slugs of failures.md.
+/// The causes tlsmon names; `diagnose::decide` holds the rule behind each, and the README
+/// lists them for operators.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Cause {
@@ -220,6 +221,10 @@ pub struct Diagnosis {
     /// The first bytes of a non-TLS stream, when that is the evidence.
     pub plaintext_sample: Option<String>,
     pub timing: Timing,
+    /// The rule that decided the cause, with the facts it used (not serialized: `message`
+    /// is its sentence).
+    #[serde(skip)]
+    pub rule: super::diagnose::Rule,
 }
 
 /// A handshake that completed.

@@ -1,0 +1,442 @@
+//! The event document (`tlsmon.event/1`, the schema in docs/schema/event.schema.json): one
+//! per failure, or per aggregate of identical failures, or per "weak but working" handshake.
+//! Built from a [`Verdict`] and the owning process; pure.
+
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+use crate::{
+    capture::process::ProcessInfo,
+    clock::rfc3339,
+    config::Host,
+    flow::Role,
+    handshake::{AlertInfo, HandshakeOutcome, certs::CertSummary},
+    judge::Verdict,
+};
+
+pub const SCHEMA: &str = "tlsmon.event/1";
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Hash, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    HandshakeFailure,
+    /// Many peers failing one listener (or one client failing many servers) in one window.
+    HandshakeFailureSummary,
+    /// The handshake worked but is weak (old version, certificate about to expire).
+    WeakHandshake,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+pub struct ProcessRef {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: Option<String>,
+    pub unit: Option<String>,
+    pub uid: Option<u32>,
+    pub container: Option<String>,
+}
+
+impl ProcessRef {
+    fn from_info(p: &ProcessInfo) -> Self {
+        ProcessRef {
+            pid: p.tgid,
+            comm: p.comm.clone(),
+            exe: p.exe.as_ref().map(|e| e.display().to_string()),
+            unit: p.unit.clone(),
+            uid: p.uid,
+            container: p.container.clone(),
+        }
+    }
+
+    /// What alerts group by: the executable, or the name when it is unknown.
+    pub fn identity(&self) -> &str {
+        self.exe.as_deref().unwrap_or(&self.comm)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+pub struct Endpoint {
+    pub ip: String,
+    pub port: u16,
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(a: SocketAddr) -> Self {
+        let ip = match a.ip() {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or_else(|| v6.to_string(), |v4| v4.to_string()),
+            v4 => v4.to_string(),
+        };
+        Endpoint { ip, port: a.port() }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+pub struct Offered {
+    pub versions: Vec<String>,
+    pub ciphers: Vec<String>,
+    pub sigalgs: Vec<String>,
+    pub groups: Vec<String>,
+    pub alpn: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+pub struct Selected {
+    pub version: String,
+    pub cipher: String,
+    pub alpn: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+pub struct TlsFacts {
+    pub offered: Option<Offered>,
+    pub selected: Option<Selected>,
+    pub ja3: Option<String>,
+    pub ja4: Option<String>,
+}
+
+/// One event document.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+pub struct Event {
+    pub schema: &'static str,
+    pub event_id: String,
+    /// When it first happened (RFC 3339).
+    pub time: String,
+    pub host: Host,
+    pub kind: Kind,
+    pub severity: Severity,
+    pub process: Option<ProcessRef>,
+    pub role: Role,
+    pub local: Option<Endpoint>,
+    pub peer: Option<Endpoint>,
+    pub sni: Option<String>,
+    pub tls: TlsFacts,
+    pub alert: Option<AlertInfo>,
+    pub stage: Option<String>,
+    /// A cause slug (`handshake::Cause`); warnings: `legacy_tls_version`, `certificate_expiring`.
+    pub cause: String,
+    pub inferred: bool,
+    pub message: String,
+    /// The leaf certificate the server sent, when visible.
+    pub certificate: Option<CertSummary>,
+    pub count: u64,
+    pub first_seen: String,
+    pub last_seen: String,
+    /// Summaries: distinct peers folded into this event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peers: Option<u64>,
+    /// Unix ms of first/last occurrence (for storage and windows; not in the document).
+    #[serde(skip)]
+    pub first_ms: u64,
+    #[serde(skip)]
+    pub last_ms: u64,
+}
+
+/// What turns a working handshake into a warning.
+#[derive(Debug, Clone, Copy)]
+pub struct WeakPolicy {
+    pub warn_legacy_versions: bool,
+    pub expiry_warning_days: i64,
+}
+
+/// The event for a verdict, or `None` when the verdict is a plain success or not TLS.
+pub fn from_verdict(
+    v: &Verdict,
+    process: Option<&ProcessInfo>,
+    host: &Host,
+    weak: WeakPolicy,
+) -> Option<Event> {
+    let role = v.conn.as_ref().map_or(Role::Unknown, |c| c.role);
+    let process = process.map(ProcessRef::from_info);
+    let local = v.conn.as_ref().map(|c| Endpoint::from(c.local));
+    let peer = v.conn.as_ref().map(|c| Endpoint::from(c.peer));
+    let ms = v.first_unix_ns / 1_000_000;
+    let mut ev = Event {
+        schema: SCHEMA,
+        event_id: uuid::Uuid::now_v7().to_string(),
+        time: rfc3339(v.first_unix_ns),
+        host: host.clone(),
+        kind: Kind::HandshakeFailure,
+        severity: Severity::Error,
+        process,
+        role,
+        local,
+        peer,
+        sni: None,
+        tls: TlsFacts::default(),
+        alert: None,
+        stage: None,
+        cause: String::new(),
+        inferred: false,
+        message: String::new(),
+        certificate: None,
+        count: 1,
+        first_seen: rfc3339(v.first_unix_ns),
+        last_seen: rfc3339(v.first_unix_ns),
+        peers: None,
+        first_ms: ms,
+        last_ms: ms,
+    };
+    let what = match &v.outcome {
+        HandshakeOutcome::Failed(d) => {
+            ev.sni = d.offered.as_ref().and_then(|o| o.server_name.clone());
+            ev.tls = tls_facts(d.offered.as_ref(), d.selected.as_ref());
+            ev.alert = d.alert.clone();
+            ev.stage = Some(d.stage.as_str().to_owned());
+            ev.cause = d.cause.slug();
+            ev.inferred = d.inferred;
+            ev.certificate = d.server_certificates.first().cloned();
+            d.message.clone()
+        }
+        HandshakeOutcome::Completed(c) => {
+            let legacy = weak.warn_legacy_versions && c.selected.version <= 0x0302;
+            let expiring = c
+                .leaf_expires_in_days
+                .filter(|d| *d <= weak.expiry_warning_days);
+            ev.sni = c.offered.as_ref().and_then(|o| o.server_name.clone());
+            ev.tls = tls_facts(c.offered.as_ref(), Some(&c.selected));
+            ev.certificate = c.server_certificates.first().cloned();
+            ev.kind = Kind::WeakHandshake;
+            ev.severity = Severity::Warning;
+            ev.stage = Some("application_data".to_owned());
+            if legacy {
+                ev.cause = "legacy_tls_version".to_owned();
+                format!(
+                    "the handshake completed with {}, which is deprecated (RFC 8996); enable TLS 1.2 or 1.3",
+                    c.selected.version_name
+                )
+            } else {
+                let days = expiring?;
+                ev.cause = "certificate_expiring".to_owned();
+                let leaf = c
+                    .server_certificates
+                    .first()
+                    .map_or("the server certificate".to_owned(), |l| {
+                        format!("the server certificate {:?}", l.subject)
+                    });
+                if days < 0 {
+                    format!(
+                        "{leaf} expired {} days ago, yet the client accepted it",
+                        -days
+                    )
+                } else {
+                    format!("{leaf} expires in {days} days")
+                }
+            }
+        }
+        HandshakeOutcome::NotTls(_) | HandshakeOutcome::Undecided => return None,
+    };
+    ev.message = format!("{}: {what}", who(&ev));
+    Some(ev)
+}
+
+/// "curl (pid 4312) as client 127.0.0.1:40122 → 127.0.0.1:8443".
+fn who(ev: &Event) -> String {
+    let name = ev
+        .process
+        .as_ref()
+        .map_or("unknown process".to_owned(), |p| {
+            format!("{} (pid {})", p.comm, p.pid)
+        });
+    let end = |e: &Option<Endpoint>| {
+        e.as_ref().map_or("?".to_owned(), |e| {
+            if e.ip.contains(':') {
+                format!("[{}]:{}", e.ip, e.port)
+            } else {
+                format!("{}:{}", e.ip, e.port)
+            }
+        })
+    };
+    match ev.role {
+        Role::Client => format!("{name} as client {} → {}", end(&ev.local), end(&ev.peer)),
+        Role::Server => format!("{name} as server {} ← {}", end(&ev.local), end(&ev.peer)),
+        Role::Unknown => format!("{name} {} ↔ {}", end(&ev.local), end(&ev.peer)),
+    }
+}
+
+fn tls_facts(
+    offer: Option<&crate::handshake::hello::ClientOffer>,
+    choice: Option<&crate::handshake::hello::ServerChoice>,
+) -> TlsFacts {
+    let names =
+        |n: &crate::handshake::hello::Named| n.names.iter().map(|s| s.to_string()).collect();
+    TlsFacts {
+        offered: offer.map(|o| Offered {
+            versions: names(&o.versions),
+            ciphers: names(&o.ciphers),
+            sigalgs: names(&o.sigalgs),
+            groups: names(&o.groups),
+            alpn: o.alpn.clone(),
+        }),
+        selected: choice.map(|c| Selected {
+            version: c.version_name.to_string(),
+            cipher: c.cipher_name.to_string(),
+            alpn: c.alpn.clone(),
+        }),
+        ja3: offer.map(|o| o.ja3.clone()),
+        ja4: offer.map(|o| o.ja4.clone()),
+    }
+}
+
+/// The name a unit enum variant has in documents (`handshake_failure`, `client`).
+pub fn wire_name<T: Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => "-".to_owned(),
+    }
+}
+
+/// Builders shared by the tests of the document and of its log line.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+    use crate::flow::ConnInfo;
+    use crate::handshake::{Connection, ConnectionMeta, Party};
+
+    pub(crate) fn failed_verdict() -> Verdict {
+        let mut c = Connection::new(ConnectionMeta { tls_port: true });
+        c.data(Party::Client, 1_000, &[22, 3, 1, 0, 4, 1, 0, 0, 0]);
+        c.data(Party::Server, 2_000, &[21, 3, 3, 0, 2, 2, 70]);
+        Verdict {
+            cookie: 1,
+            conn: Some(ConnInfo {
+                role: Role::Client,
+                local: "127.0.0.1:40122".parse().unwrap(),
+                peer: "[::ffff:127.0.0.2]:8443".parse().unwrap(),
+                socket_cgroup_id: 1,
+            }),
+            owner: None,
+            outcome: c.outcome(),
+            capture: None,
+            truncated: false,
+            first_unix_ns: 1_763_900_000_123_000_000,
+            early: true,
+        }
+    }
+
+    pub(crate) fn curl() -> ProcessInfo {
+        ProcessInfo {
+            pid: 4312,
+            tgid: 4312,
+            comm: "curl".into(),
+            exe: Some("/usr/bin/curl".into()),
+            cmdline: None,
+            uid: Some(0),
+            unit: Some("session-1.scope".into()),
+            container: None,
+        }
+    }
+
+    pub(crate) const POLICY: WeakPolicy = WeakPolicy {
+        warn_legacy_versions: true,
+        expiry_warning_days: 14,
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{POLICY, curl, failed_verdict};
+    use super::*;
+    use crate::handshake::Cause;
+
+    #[test]
+    fn a_failure_becomes_a_schema_document_naming_process_peer_and_cause() {
+        let host = Host {
+            id: "m1".into(),
+            name: "web-01".into(),
+        };
+        let ev = from_verdict(&failed_verdict(), Some(&curl()), &host, POLICY).unwrap();
+        let j = serde_json::to_value(&ev).unwrap();
+        assert_eq!(j["schema"], "tlsmon.event/1");
+        assert_eq!(j["kind"], "handshake_failure");
+        assert_eq!(j["severity"], "error");
+        assert_eq!(j["process"]["comm"], "curl");
+        assert_eq!(j["process"]["exe"], "/usr/bin/curl");
+        assert_eq!(j["role"], "client");
+        assert_eq!(
+            j["peer"],
+            serde_json::json!({"ip": "127.0.0.2", "port": 8443})
+        );
+        assert_eq!(j["alert"]["code"], 70);
+        assert_eq!(j["alert"]["sender"], "server");
+        assert_eq!(j["cause"], Cause::ProtocolVersionMismatch.slug());
+        assert_eq!(j["time"], "2025-11-23T12:13:20.123Z");
+        assert_eq!(j["count"], 1);
+        assert!(j.get("first_ms").is_none());
+        let msg = j["message"].as_str().unwrap();
+        assert!(
+            msg.starts_with("curl (pid 4312) as client 127.0.0.1:40122 → 127.0.0.2:8443: "),
+            "{msg}"
+        );
+        assert_eq!(
+            uuid::Uuid::parse_str(&ev.event_id)
+                .unwrap()
+                .get_version_num(),
+            7
+        );
+    }
+
+    fn completed(version: u16, name: &'static str, days: Option<i64>) -> Verdict {
+        let mut v = failed_verdict();
+        v.outcome = HandshakeOutcome::Completed(Box::new(crate::handshake::Completed {
+            offered: None,
+            selected: crate::handshake::hello::ServerChoice {
+                version,
+                version_name: name.into(),
+                cipher: 0x2f,
+                cipher_name: "TLS_RSA_WITH_AES_128_CBC_SHA".into(),
+                alpn: None,
+                hello_retry: false,
+            },
+            server_certificates: Vec::new(),
+            leaf_expires_in_days: days,
+            resumed: false,
+            timing: crate::handshake::Timing::default(),
+        }));
+        v
+    }
+
+    #[test]
+    fn weak_but_working_handshakes_are_warnings() {
+        let host = Host::detect(None, Some("h"));
+        let legacy = from_verdict(&completed(0x0301, "TLSv1.0", None), None, &host, POLICY)
+            .expect("TLS 1.0 warns");
+        assert_eq!(
+            (legacy.kind, legacy.severity, legacy.cause.as_str()),
+            (Kind::WeakHandshake, Severity::Warning, "legacy_tls_version")
+        );
+        assert!(legacy.message.contains("TLSv1.0"), "{}", legacy.message);
+        let expiring = from_verdict(&completed(0x0303, "TLSv1.2", Some(3)), None, &host, POLICY)
+            .expect("expiring warns");
+        assert_eq!(expiring.cause, "certificate_expiring");
+        assert!(
+            expiring.message.ends_with("expires in 3 days"),
+            "{}",
+            expiring.message
+        );
+        assert!(
+            from_verdict(&completed(0x0303, "TLSv1.2", Some(90)), None, &host, POLICY).is_none()
+        );
+        let quiet = WeakPolicy {
+            warn_legacy_versions: false,
+            expiry_warning_days: 0,
+        };
+        assert!(from_verdict(&completed(0x0301, "TLSv1.0", Some(3)), None, &host, quiet).is_none());
+    }
+
+    #[test]
+    fn plain_successes_and_plaintext_make_no_event() {
+        let mut v = failed_verdict();
+        v.outcome = HandshakeOutcome::Undecided;
+        assert!(from_verdict(&v, None, &Host::detect(None, None), POLICY).is_none());
+    }
+}

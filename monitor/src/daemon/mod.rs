@@ -1,0 +1,421 @@
+//! `tlsmon run`: the service. Wires capture → judge → filters → events → alerts → store,
+//! keeps the shared state the status endpoint ([`endpoint`]) and the publisher read, logs
+//! one warn line per alert, talks to systemd (READY after the probes attach, STATUS,
+//! WATCHDOG, STOPPING), reloads filters and alert thresholds on SIGHUP and flushes the store
+//! on SIGTERM.
+
+pub mod endpoint;
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    alert::{self, AlertEngine, AlertPolicy, Update, WeakPolicy, document, log_line},
+    capture::{
+        Capture, CaptureConfig, KernelCounters,
+        process::ConnectionProcesses,
+        socket_holder::{self, HolderFallback},
+    },
+    clock::{monotonic_ns, unix_ns},
+    config::{self, Config, Host},
+    flow::{CaptureEvent, FlowLimits},
+    handshake::{DEFAULT_TLS_PORTS, HandshakeOutcome},
+    http::serve,
+    judge::{Judge, Verdict, filters},
+    mqtt,
+    publish::Publisher,
+    state::{
+        DaemonState,
+        metrics::{AlertLabels, HandshakeLabels, raise_to},
+    },
+    store::{OutboxPolicy, Retention, Success, Write, Writer},
+};
+
+fn alert_policy(c: &Config) -> AlertPolicy {
+    AlertPolicy {
+        window_ms: c.alerts.window_secs.get() * 1000,
+        flood_peers: c.alerts.flood_peers.get() as usize,
+    }
+}
+
+fn weak_policy(c: &Config) -> WeakPolicy {
+    WeakPolicy {
+        warn_legacy_versions: c.alerts.warn_legacy_versions,
+        expiry_warning_days: c.alerts.expiry_warning_days.get() as i64,
+    }
+}
+
+fn capture_config(c: &Config) -> CaptureConfig {
+    let mut cfg = CaptureConfig {
+        direction_budget: c.capture.direction_budget.get() as u32,
+        ring_bytes: c.capture.ring_bytes.0,
+        ..CaptureConfig::default()
+    };
+    cfg.tls_ports.extend(&c.capture.tls_ports);
+    cfg
+}
+
+/// systemd notifications (no-ops outside systemd).
+fn notify(state: &[sd_notify::NotifyState]) {
+    let _ = sd_notify::notify(state);
+}
+
+/// Where the configuration came from, for reloads.
+pub struct Origin {
+    pub explicit: Option<PathBuf>,
+    pub source: config::Source,
+}
+
+/// The state of a running daemon (everything but the capture and the tokio bits).
+struct Daemon {
+    cfg: Config,
+    host: Host,
+    judge: Judge,
+    processes: ConnectionProcesses,
+    /// Names connections the kernel did not, through /proc.
+    holder_fallback: HolderFallback,
+    alerts: AlertEngine,
+    writer: Writer,
+    shared: Arc<DaemonState>,
+    last_kernel: KernelCounters,
+}
+
+impl Daemon {
+    /// One capture event through attribution and the judge.
+    fn event(&mut self, ev: CaptureEvent, cap: &mut Capture) {
+        self.processes.observe(&ev);
+        if let Some(v) = self.judge.apply(ev) {
+            self.verdict(v, cap);
+        }
+    }
+
+    /// One judged connection: count it, filter it, raise or count its alert.
+    fn verdict(&mut self, v: Verdict, cap: &mut Capture) {
+        let process = self.processes.take(v.cookie, v.owner.as_ref());
+        if v.early {
+            cap.stop_flow(v.cookie);
+        }
+        if let (HandshakeOutcome::Completed(_), Some(c)) = (&v.outcome, &v.conn) {
+            let port = c.server_port();
+            cap.add_tls_port(port);
+            self.judge.add_tls_port(port);
+        }
+        if !v.outcome.is_decided() {
+            return;
+        }
+        if !filters::admits(&self.cfg.filters, process.as_ref(), v.conn.as_ref()) {
+            self.shared.metrics.filtered.inc();
+            return;
+        }
+        let s = &self.shared;
+        s.judged.fetch_add(1, Ordering::Relaxed);
+        let (cause, version) = match &v.outcome {
+            HandshakeOutcome::Failed(d) => {
+                s.failed.fetch_add(1, Ordering::Relaxed);
+                let version = d
+                    .selected
+                    .as_ref()
+                    .map(|c| c.version_name.to_string())
+                    .unwrap_or_default();
+                (d.cause.slug(), version)
+            }
+            HandshakeOutcome::Completed(c) => {
+                s.ok.fetch_add(1, Ordering::Relaxed);
+                let peer_ip = v
+                    .conn
+                    .as_ref()
+                    .map(|c| document::Endpoint::from(c.peer).ip)
+                    .unwrap_or_default();
+                let exe = process
+                    .as_ref()
+                    .map(|p| {
+                        p.exe
+                            .as_ref()
+                            .map_or_else(|| p.comm.clone(), |e| e.display().to_string())
+                    })
+                    .unwrap_or_default();
+                let _ = self.writer.tx.try_send(Write::Success(Success {
+                    exe,
+                    peer_ip,
+                    version: c.selected.version_name.to_string(),
+                    cipher: c.selected.cipher_name.to_string(),
+                    at_ms: v.first_unix_ns / 1_000_000,
+                }));
+                (String::new(), c.selected.version_name.to_string())
+            }
+            _ => (String::new(), String::new()),
+        };
+        s.metrics
+            .handshakes
+            .get_or_create(&HandshakeLabels {
+                outcome: v.outcome.kind().to_owned(),
+                cause,
+                version,
+            })
+            .inc();
+        let Some(ev) =
+            alert::from_verdict(&v, process.as_ref(), &self.host, weak_policy(&self.cfg))
+        else {
+            return;
+        };
+        if ev.kind == alert::Kind::WeakHandshake {
+            s.warnings.fetch_add(1, Ordering::Relaxed);
+        }
+        let update = self.alerts.observe(ev);
+        if let Update::New(ev) = &update {
+            s.alerts.fetch_add(1, Ordering::Relaxed);
+            s.metrics
+                .alerts
+                .get_or_create(&AlertLabels {
+                    kind: alert::wire_name(&ev.kind),
+                    cause: ev.cause.clone(),
+                })
+                .inc();
+            tracing::warn!(target: "tlsmon::alert", "alert {}", log_line::log_fields(ev));
+        }
+        if self.writer.tx.try_send(Write::Alert(update)).is_err() {
+            s.metrics.store_errors.inc();
+        }
+    }
+
+    /// Kernel and store counters into the endpoint and metrics.
+    fn counters(&mut self, cap: &Capture) {
+        let k = cap.counters();
+        let m = &self.shared.metrics;
+        raise_to(&m.ring_drops, k.ring_drops);
+        raise_to(&m.budget_truncated_bytes, k.budget_truncated_bytes);
+        let st = &self.writer.stats;
+        raise_to(&m.events_stored, st.alerts_inserted.load(Ordering::Relaxed));
+        raise_to(&m.store_errors, st.write_errors.load(Ordering::Relaxed));
+        if let Some(p) = self.shared.mqtt.lock().ok().and_then(|g| g.clone()) {
+            raise_to(&m.events_published, p.acked.load(Ordering::Relaxed));
+        }
+        m.open_connections.set(self.judge.open_connections() as i64);
+        if k.ring_drops > self.last_kernel.ring_drops {
+            // Lost records are an event of their own: what was seen may be incomplete.
+            tracing::warn!(
+                target: "tlsmon::alert",
+                "capture_loss lost_records={} total_lost_records={}",
+                k.ring_drops - self.last_kernel.ring_drops,
+                k.ring_drops
+            );
+            let _ = self
+                .writer
+                .tx
+                .try_send(Write::Counter("ring_drops", k.ring_drops));
+        }
+        self.last_kernel = k;
+        if let Ok(mut g) = self.shared.kernel.lock() {
+            *g = k;
+        }
+    }
+
+    /// SIGHUP: re-read the file; apply filters and alert thresholds, name what needs a restart.
+    fn reload(&mut self, origin: &Origin) {
+        match config::load(origin.explicit.as_deref()) {
+            Err(e) => tracing::error!("reload refused, keeping the running configuration: {e}"),
+            Ok((new, source)) => {
+                let restart = config::needs_restart(&self.cfg, &new);
+                self.alerts.set_policy(alert_policy(&new));
+                self.cfg.filters = new.filters.clone();
+                self.cfg.alerts = new.alerts.clone();
+                if restart.is_empty() {
+                    tracing::info!(config = %source, "reloaded filters and alert thresholds");
+                } else {
+                    tracing::warn!(
+                        config = %source,
+                        "reloaded filters and alert thresholds; changes to [{}] need a restart",
+                        restart.join("], [")
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub async fn run(cfg: Config, origin: Origin) -> anyhow::Result<()> {
+    let shared = Arc::new(DaemonState::new(
+        cfg.store.path.clone(),
+        origin.source.to_string(),
+    ));
+    let bound = serve::bind(&cfg.status.listen).await?;
+    let endpoint = bound.local();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(bound.serve(endpoint::router(shared.clone()), async move {
+        let _ = stop_rx.await;
+    }));
+    let host = Host::detect(
+        cfg.host.id.as_ref().map(|i| i.0.as_str()),
+        cfg.host.name.as_deref(),
+    );
+    let mqtt = mqtt::Settings::from_config(&cfg, &host)?;
+    let writer = Writer::start(
+        &cfg.store.path,
+        Retention {
+            max_age_ms: cfg.store.retention_days.get() * 86_400_000,
+            max_bytes: cfg.store.max_mb.get() * 1024 * 1024,
+        },
+        mqtt.as_ref().map(|_| OutboxPolicy {
+            max_events: cfg.mqtt.outbox_max_events.get(),
+            max_age_ms: cfg.mqtt.outbox_max_age_hours.get() * 3_600_000,
+            host: host.clone(),
+        }),
+    )?;
+    let publisher = mqtt.map(|settings| {
+        tracing::info!(broker = %settings.broker, topic = %settings.topics.events, "publishing to MQTT");
+        Publisher::start(
+            settings,
+            cfg.store.path.clone(),
+            writer.tx.clone(),
+            shared.clone(),
+        )
+    });
+    if let (Some(p), Ok(mut m)) = (&publisher, shared.mqtt.lock()) {
+        *m = Some(p.stats.clone());
+    }
+    let mut cap = Capture::start(&capture_config(&cfg))?;
+    if let Ok(mut p) = shared.probes.lock() {
+        *p = cap.attached.iter().map(|s| s.to_string()).collect();
+    }
+    shared.ready.store(true, Ordering::Relaxed);
+    tracing::info!(
+        config = %origin.source,
+        endpoint = %endpoint,
+        database = %cfg.store.path.display(),
+        probes = cap.attached.len(),
+        "tlsmon ready"
+    );
+    let mut tls_ports = DEFAULT_TLS_PORTS.to_vec();
+    tls_ports.extend(&cfg.capture.tls_ports);
+    let mut d = Daemon {
+        host,
+        judge: Judge::new(
+            FlowLimits {
+                bytes_per_direction: cfg.capture.direction_budget.get() as usize,
+                idle_ns: cfg.capture.idle_timeout_secs.get() * 1_000_000_000,
+                ..FlowLimits::default()
+            },
+            tls_ports,
+        ),
+        processes: ConnectionProcesses::default(),
+        holder_fallback: HolderFallback::default(),
+        alerts: AlertEngine::new(alert_policy(&cfg)),
+        writer,
+        shared: shared.clone(),
+        last_kernel: KernelCounters::default(),
+        cfg,
+    };
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!(
+            "capturing with {} probes; status on {endpoint}",
+            cap.attached.len()
+        )),
+    ]);
+    let watchdog = sd_notify::watchdog_enabled().is_some();
+    let mut tick =
+        tokio::time::interval(Duration::from_millis(d.cfg.capture.drain_interval_ms.get()));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut buf = Vec::new();
+    let mut last_second = 0u64;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => { d.reload(&origin); continue; }
+        }
+        let mono = monotonic_ns();
+        d.judge.set_unix_offset(unix_ns() as i64 - mono as i64);
+        cap.drain(&mut buf);
+        for rec in buf.drain(..) {
+            match rec {
+                Ok(ev) => d.event(ev, &mut cap),
+                Err(e) => tracing::warn!(error = %e, "undecodable ring record"),
+            }
+        }
+        if d.holder_fallback.due(mono) {
+            let unowned = d
+                .judge
+                .unowned(mono, socket_holder::GRACE_NS, socket_holder::PER_LOOKUP);
+            if !unowned.is_empty() {
+                for ev in d.holder_fallback.lookup(mono, unowned) {
+                    d.event(ev, &mut cap);
+                }
+            }
+        }
+        for v in d.judge.expire(mono) {
+            d.verdict(v, &mut cap);
+        }
+        let second = mono / 1_000_000_000;
+        if second != last_second {
+            last_second = second;
+            d.alerts.expire(unix_ns() / 1_000_000);
+            d.counters(&cap);
+            if watchdog {
+                notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+            if second.is_multiple_of(10) {
+                notify(&[sd_notify::NotifyState::Status(&format!(
+                    "{} handshakes judged, {} failed, {} alerts, {} ring drops",
+                    shared.judged.load(Ordering::Relaxed),
+                    shared.failed.load(Ordering::Relaxed),
+                    shared.alerts.load(Ordering::Relaxed),
+                    d.last_kernel.ring_drops
+                ))]);
+            }
+        }
+    }
+    notify(&[sd_notify::NotifyState::Stopping]);
+    tracing::info!("stopping: judging open connections and flushing the store");
+    shared.ready.store(false, Ordering::Relaxed);
+    cap.drain(&mut buf);
+    for ev in buf.drain(..).flatten() {
+        d.event(ev, &mut cap);
+    }
+    for v in d.judge.drain(monotonic_ns()) {
+        d.verdict(v, &mut cap);
+    }
+    d.counters(&cap);
+    let _ = d
+        .writer
+        .tx
+        .try_send(Write::Counter("ring_drops", d.last_kernel.ring_drops));
+    if !d.writer.flush(Duration::from_secs(10)) {
+        tracing::error!("the store did not confirm the last writes within 10 s");
+    }
+    if let Some(p) = publisher {
+        // `offline` on the status topic; what is not acknowledged stays in the outbox.
+        p.stop(Duration::from_secs(5)).await;
+        let _ = d.writer.flush(Duration::from_secs(10));
+    }
+    d.writer.close();
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    drop(cap);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// `tlsmon check-config`: the configuration as it would run, or the first error.
+pub fn check_config(explicit: Option<&std::path::Path>) -> anyhow::Result<String> {
+    let (cfg, source) = config::load(explicit)?;
+    Ok(format!(
+        "{source}: ok\n  status endpoint {}\n  database {} (retention {} days, {} MB)\n  alert window {} s, flood summary above {} peers\n",
+        cfg.status.listen,
+        cfg.store.path.display(),
+        cfg.store.retention_days.get(),
+        cfg.store.max_mb.get(),
+        cfg.alerts.window_secs.get(),
+        cfg.alerts.flood_peers.get(),
+    ))
+}

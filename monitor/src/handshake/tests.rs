@@ -1,1 +1,0 @@
-//! Tests of the core with built handshakes; real captures are in tests/fixtures.rs.

@@ -1,0 +1,159 @@
+//! Prometheus metrics (prometheus-client): handshakes by outcome/cause/version, alerts,
+//! capture loss, store writes. Counters are bumped by the daemon loop; `/metrics` encodes.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::http::serve::encode_registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    /// completed, failed, not_tls, undecided.
+    pub outcome: String,
+    /// The cause slug for failures, "" otherwise.
+    pub cause: String,
+    /// The negotiated (or highest offered) version, "" when unknown.
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabels {
+    pub kind: String,
+    pub cause: String,
+}
+
+/// Every metric the daemon exports.
+pub struct Metrics {
+    registry: Registry,
+    pub handshakes: Family<HandshakeLabels, Counter>,
+    pub alerts: Family<AlertLabels, Counter>,
+    pub ring_drops: Counter,
+    pub budget_truncated_bytes: Counter,
+    pub events_stored: Counter,
+    pub events_published: Counter,
+    pub store_errors: Counter,
+    pub filtered: Counter,
+    pub open_connections: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tlsmon");
+        let handshakes = Family::<HandshakeLabels, Counter>::default();
+        registry.register(
+            "handshakes",
+            "TLS handshakes judged, by outcome, cause and version",
+            handshakes.clone(),
+        );
+        let alerts = Family::<AlertLabels, Counter>::default();
+        registry.register(
+            "alerts",
+            "Alerts raised (deduplicated failures), by kind and cause",
+            alerts.clone(),
+        );
+        let ring_drops = Counter::default();
+        registry.register(
+            "ring_drops",
+            "Ring buffer records the kernel could not deliver (ring full)",
+            ring_drops.clone(),
+        );
+        let budget_truncated_bytes = Counter::default();
+        registry.register(
+            "budget_truncated_bytes",
+            "Bytes not captured because a direction's budget was spent",
+            budget_truncated_bytes.clone(),
+        );
+        let events_stored = Counter::default();
+        registry.register(
+            "events_stored",
+            "Alerts written to the SQLite store",
+            events_stored.clone(),
+        );
+        let events_published = Counter::default();
+        registry.register(
+            "events_published",
+            "Outbox records (alerts, gap records) the MQTT broker acknowledged",
+            events_published.clone(),
+        );
+        let store_errors = Counter::default();
+        registry.register(
+            "store_errors",
+            "Batches the SQLite store failed to write",
+            store_errors.clone(),
+        );
+        let filtered = Counter::default();
+        registry.register(
+            "filtered",
+            "Judged connections left out by the configured filters",
+            filtered.clone(),
+        );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Connections being watched (handshake not yet judged)",
+            open_connections.clone(),
+        );
+        Metrics {
+            registry,
+            handshakes,
+            alerts,
+            ring_drops,
+            budget_truncated_bytes,
+            events_stored,
+            events_published,
+            store_errors,
+            filtered,
+            open_connections,
+        }
+    }
+
+    /// Prometheus text exposition format.
+    pub fn encode(&self) -> String {
+        encode_registry(&self.registry)
+    }
+}
+
+/// Raises a counter to a total kept elsewhere (kernel and store counters only grow).
+pub fn raise_to(c: &Counter, total: u64) {
+    let now = c.get();
+    if total > now {
+        c.inc_by(total - now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_format_has_labelled_handshakes_and_totals() {
+        let m = Metrics::new();
+        m.handshakes
+            .get_or_create(&HandshakeLabels {
+                outcome: "failed".into(),
+                cause: "self_signed".into(),
+                version: "TLS 1.3".into(),
+            })
+            .inc();
+        raise_to(&m.ring_drops, 5);
+        raise_to(&m.ring_drops, 3);
+        let t = m.encode();
+        assert!(
+            t.contains(
+                "tlsmon_handshakes_total{outcome=\"failed\",cause=\"self_signed\",version=\"TLS 1.3\"} 1"
+            ),
+            "{t}"
+        );
+        assert!(t.contains("tlsmon_ring_drops_total 5"), "{t}");
+        assert!(t.contains("# TYPE tlsmon_open_connections gauge"), "{t}");
+    }
+}

@@ -1,0 +1,66 @@
+//! What the running daemon shares between its parts: readiness, the attached probes, the
+//! kernel's counters, handshake totals, the Prometheus metrics, and the MQTT publisher's
+//! health. The daemon loop and the publisher write it; the status endpoint and the MQTT
+//! summary read it. It holds no behaviour, so none of its readers depends on another.
+
+pub mod metrics;
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64},
+    },
+    time::Instant,
+};
+
+use crate::capture::KernelCounters;
+pub use metrics::Metrics;
+
+/// The daemon's shared counters and flags.
+pub struct DaemonState {
+    pub started: Instant,
+    pub ready: AtomicBool,
+    pub probes: Mutex<Vec<String>>,
+    pub kernel: Mutex<KernelCounters>,
+    pub judged: AtomicU64,
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+    pub warnings: AtomicU64,
+    pub alerts: AtomicU64,
+    pub metrics: Metrics,
+    pub db: PathBuf,
+    pub config: String,
+    /// The MQTT publisher's health, when one runs.
+    pub mqtt: Mutex<Option<Arc<MqttHealth>>>,
+}
+
+impl DaemonState {
+    pub fn new(db: PathBuf, config: String) -> Self {
+        DaemonState {
+            started: Instant::now(),
+            ready: AtomicBool::new(false),
+            probes: Mutex::new(Vec::new()),
+            kernel: Mutex::new(KernelCounters::default()),
+            judged: AtomicU64::new(0),
+            ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            warnings: AtomicU64::new(0),
+            alerts: AtomicU64::new(0),
+            metrics: Metrics::new(),
+            db,
+            config,
+            mqtt: Mutex::new(None),
+        }
+    }
+}
+
+/// What the MQTT publisher did, for the status endpoint and metrics.
+#[derive(Debug, Default)]
+pub struct MqttHealth {
+    pub connected: AtomicBool,
+    pub published: AtomicU64,
+    pub acked: AtomicU64,
+    pub connects: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}

@@ -1,0 +1,245 @@
+//! The SQLite history: alerts (one row per alert, its count kept current), successes per
+//! (exe, peer, version, cipher), counters. WAL mode, schema versioned by `user_version`
+//! with ordered migrations, retention by age and size. Writes go through one thread in
+//! batches (one transaction per batch), so a storm never waits on the disk; readers open
+//! their own connections (WAL lets them read while the writer writes).
+
+pub mod outbox;
+mod queries;
+mod writer;
+
+use std::{path::Path, sync::mpsc, time::Duration};
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::alert::Update;
+
+pub use outbox::OutboxPolicy;
+pub use queries::{FailureQuery, TopBy, failures, top};
+pub use writer::{QUEUE, Retention, StoreStats, Writer, apply, enforce_retention};
+
+/// Ordered migrations; `user_version` = how many ran.
+const MIGRATIONS: &[&str] = &[
+    // 1: alerts, successes, counters.
+    "CREATE TABLE alerts (
+        event_id   TEXT PRIMARY KEY,
+        kind       TEXT NOT NULL,
+        severity   TEXT NOT NULL,
+        cause      TEXT NOT NULL,
+        process    TEXT,
+        exe        TEXT,
+        pid        INTEGER,
+        role       TEXT NOT NULL,
+        local_ip   TEXT,
+        local_port INTEGER,
+        peer_ip    TEXT,
+        peer_port  INTEGER,
+        sni        TEXT,
+        first_ms   INTEGER NOT NULL,
+        last_ms    INTEGER NOT NULL,
+        count      INTEGER NOT NULL,
+        doc        TEXT NOT NULL
+     );
+     CREATE INDEX alerts_last_ms ON alerts(last_ms);
+     CREATE TABLE successes (
+        exe TEXT NOT NULL, peer_ip TEXT NOT NULL, version TEXT NOT NULL, cipher TEXT NOT NULL,
+        count INTEGER NOT NULL, last_ms INTEGER NOT NULL,
+        PRIMARY KEY (exe, peer_ip, version, cipher)
+     );
+     CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
+    // 2: the MQTT outbox. `id` only grows (AUTOINCREMENT): a count update of an alert that
+    // is still unpublished replaces its row with a newer one, so the publisher reads each
+    // row once in id order and deletes it on PUBACK.
+    "CREATE TABLE outbox (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id   TEXT NOT NULL UNIQUE,
+        kind       TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        payload    TEXT NOT NULL
+     );",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Sqlite {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("database {path}: cannot create its directory: {source}")]
+    Dir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "database {path} has schema version {found}, newer than this tlsmon knows ({known}); upgrade tlsmon or move the file"
+    )]
+    TooNew {
+        path: String,
+        found: i64,
+        known: usize,
+    },
+}
+
+/// A successful handshake, counted per (exe, peer, version, cipher).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Success {
+    pub exe: String,
+    pub peer_ip: String,
+    pub version: String,
+    pub cipher: String,
+    pub at_ms: u64,
+}
+
+/// One write for the writer thread.
+#[derive(Debug)]
+pub enum Write {
+    Alert(Update),
+    Success(Success),
+    /// Sets a counter (kernel counters, totals).
+    Counter(&'static str, u64),
+    /// Outbox rows the broker acknowledged (PUBACK): deleted.
+    Acked(Vec<i64>),
+    /// Commit everything before this and answer.
+    Flush(mpsc::Sender<()>),
+}
+
+fn sqlite_err(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |source| StoreError::Sqlite {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Opens (creating if needed) the database and runs pending migrations.
+pub fn open(path: &Path) -> Result<Connection, StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    let e = sqlite_err(path);
+    let conn = Connection::open(path).map_err(&e)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(&e)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(&e)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(&e)?;
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(&e)?;
+    if version > MIGRATIONS.len() as i64 {
+        return Err(StoreError::TooNew {
+            path: path.display().to_string(),
+            found: version,
+            known: MIGRATIONS.len(),
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        let tx = conn.unchecked_transaction().map_err(&e)?;
+        tx.execute_batch(sql).map_err(&e)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(&e)?;
+        tx.commit().map_err(&e)?;
+    }
+    Ok(conn)
+}
+
+/// Opens the database read-only (status endpoint, CLI).
+pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sqlite_err(path))?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(sqlite_err(path))?;
+    Ok(conn)
+}
+
+/// Builders shared by the store's tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::path::PathBuf;
+
+    use crate::alert::document::{Endpoint, Event, Kind, ProcessRef, Severity, TlsFacts};
+    use crate::config::Host;
+    use crate::flow::Role;
+
+    pub(crate) fn event(peer: &str, at_ms: u64) -> Event {
+        Event {
+            schema: crate::alert::document::SCHEMA,
+            event_id: uuid::Uuid::now_v7().to_string(),
+            time: "t".into(),
+            host: Host {
+                id: "m".into(),
+                name: "h".into(),
+            },
+            kind: Kind::HandshakeFailure,
+            severity: Severity::Error,
+            process: Some(ProcessRef {
+                pid: 9,
+                comm: "curl".into(),
+                exe: Some("/usr/bin/curl".into()),
+                unit: None,
+                uid: Some(0),
+                container: None,
+            }),
+            role: Role::Client,
+            local: Some(Endpoint {
+                ip: "127.0.0.1".into(),
+                port: 40000,
+            }),
+            peer: Some(Endpoint {
+                ip: peer.into(),
+                port: 8443,
+            }),
+            sni: Some("localhost".into()),
+            tls: TlsFacts::default(),
+            alert: None,
+            stage: Some("certificate".into()),
+            cause: "self_signed".into(),
+            inferred: false,
+            message: "m".into(),
+            certificate: None,
+            count: 1,
+            first_seen: "a".into(),
+            last_seen: "a".into(),
+            peers: None,
+            first_ms: at_ms,
+            last_ms: at_ms,
+        }
+    }
+
+    pub(crate) fn temp_db(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tlsmon-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir.join("sub/tlsmon.db")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::temp_db;
+    use super::*;
+
+    #[test]
+    fn migrations_run_once_and_a_newer_schema_is_refused() {
+        let path = temp_db("migrate");
+        drop(open(&path).unwrap());
+        let c = open(&path).unwrap();
+        let v: i64 = c
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+        let mode: String = c
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        c.pragma_update(None, "user_version", 99).unwrap();
+        drop(c);
+        let e = open(&path).unwrap_err().to_string();
+        assert!(e.contains("schema version 99"), "{e}");
+    }
+}
