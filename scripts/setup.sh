@@ -44,8 +44,10 @@ installed "$STABLE" || { say "installing Rust $STABLE"; rustup toolchain install
 installed "$NIGHTLY" || { say "installing $NIGHTLY"; rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src; }
 
 if ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER"; then
-  # bpf-linker links against the nightly's own libLLVM (Debian has no LLVM 23): see
-  # shared/docs/toolchain.md. The prefix must outlive the build (it is the binary's rpath).
+  # bpf-linker 0.13 needs LLVM 23, which Debian bookworm does not package; the nightly ships
+  # its own libLLVM. LLVM_PREFIX points at a folder whose lib/ links that file twice: as
+  # libLLVM.so (for the link) and under its exact soname (for the loader). The prefix must
+  # outlive the build: it is the binary's rpath.
   sysroot=$(rustc +"$NIGHTLY" --print sysroot)
   prefix="$HOME/.cache/tlsmon/llvm"
   mkdir -p "$prefix/lib"

@@ -7,6 +7,8 @@
 //! their sizes are checked at compile time so a layout change cannot go unnoticed.
 #![no_std]
 
+pub mod rules;
+
 use core::mem::size_of;
 
 /// Kinds of ring-buffer record (`EventHeader::kind`).
@@ -137,17 +139,17 @@ pub struct EventHeader {
 }
 const _: () = assert!(size_of::<EventHeader>() == 24);
 
-/// The process a socket belongs to, as the kernel saw it.
+/// A task (process) as the kernel names it: the owner of a socket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Owner {
+pub struct Task {
     pub tgid: u32,
     pub pid: u32,
     /// cgroup v2 id of the process (`bpf_get_current_cgroup_id`), 0 when unknown.
     pub cgroup_id: u64,
     pub comm: [u8; COMM_LEN],
 }
-const _: () = assert!(size_of::<Owner>() == 32);
+const _: () = assert!(size_of::<Task>() == 32);
 
 /// [`kind::OPEN`]
 #[repr(C)]
@@ -167,7 +169,7 @@ pub struct OpenEvent {
     pub peer_addr: [u8; 16],
     /// cgroup v2 id of the socket (`bpf_skb_cgroup_id`): the unit or container.
     pub socket_cgroup_id: u64,
-    pub owner: Owner,
+    pub owner: Task,
 }
 const _: () = assert!(size_of::<OpenEvent>() == 104);
 
@@ -207,7 +209,7 @@ const _: () = assert!(size_of::<CloseEvent>() == 32);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OwnerEvent {
     pub header: EventHeader,
-    pub owner: Owner,
+    pub owner: Task,
 }
 const _: () = assert!(size_of::<OwnerEvent>() == 56);
 
@@ -218,5 +220,5 @@ pub const MAX_RECORD: usize = size_of::<DataEvent>() + DATA_CHUNK;
 mod pod {
     // SAFETY: plain-old-data: repr(C), integer fields only, explicit padding.
     unsafe impl aya::Pod for super::EventHeader {}
-    unsafe impl aya::Pod for super::Owner {}
+    unsafe impl aya::Pod for super::Task {}
 }

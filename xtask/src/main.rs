@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask build | run | test | deb | bench | fuzz | fixtures`.
+//! Project tasks: `cargo xtask build | run | test | deb | bench | fuzz | fixtures | layout`.
 //!
 //! `./x` (the README's entry point) installs toolchains and test programs first, then calls
 //! this. Every step prints what it runs; the first failing step ends the task non-zero.
@@ -14,6 +14,7 @@ mod bench_analyze;
 mod bench_capture;
 mod bench_daemon;
 mod bench_mqtt;
+mod layout;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -56,6 +57,9 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         secs: u32,
     },
+    /// The top-level modules of monitor/src in layers, from their `crate::` imports, and
+    /// any circle among them (the test suite fails on one).
+    Layout,
     /// Regenerate the handshake fixtures (root: tcpdump): real client/server pairs on
     /// loopback with a fresh PKI, recorded into monitor/tests/fixtures/handshakes.
     Fixtures {
@@ -179,11 +183,53 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
+/// Builds the kernel programs (`monitor-ebpf`) with the pinned nightly for the BPF target;
+/// returns the object's path. Run here rather than inside a build script so cargo's
+/// progress, warnings and errors print as they are.
+fn build_ebpf() -> Result<PathBuf> {
+    let target_dir = root().join("target/ebpf");
+    // What aya's build helper passes: the host architecture for aya-ebpf's per-arch code,
+    // debug info and BTF for the loader (CO-RE relocations).
+    let rustflags = [
+        format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+        "-Cdebuginfo=2".into(),
+        "-Clink-arg=--btf".into(),
+    ]
+    .join("\x1f");
+    run(Command::new("rustup")
+        .args([
+            "run",
+            NIGHTLY,
+            "cargo",
+            "build",
+            "--package",
+            "monitor-ebpf",
+        ])
+        .args(["--bins", "--release", "--target", "bpfel-unknown-none"])
+        .args(["-Z", "build-std=core", "--target-dir"])
+        .arg(&target_dir)
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+        // The stable toolchain's cargo/rustc set these for us; the nightly must pick its own.
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO"))?;
+    Ok(target_dir.join("bpfel-unknown-none/release/monitor"))
+}
+
+/// `cargo build` of the userspace with the kernel programs embedded.
+fn with_ebpf(cmd: &mut Command) -> Result<&mut Command> {
+    Ok(cmd.env("TLSMON_EBPF_OBJECT", build_ebpf()?))
+}
+
 /// Builds the daemon with the eBPF object embedded; returns its path.
 fn build() -> Result<PathBuf> {
-    run(cargo()
-        .args(["build", "--release", "-p", "monitor"])
-        .env("TLSMON_BUILD_EBPF", "1"))?;
+    run(with_ebpf(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "monitor",
+    ]))?)?;
     Ok(root().join("target/release/tlsmon"))
 }
 
@@ -259,7 +305,8 @@ fn test(unit_only: bool, filter: Option<String>) -> Result<()> {
     Ok(())
 }
 
-/// The nightly that builds the eBPF crate also runs the fuzzers (sanitizers need nightly).
+/// The nightly that builds the eBPF crate (with `rust-src`, for `-Z build-std`) also runs
+/// the fuzzers (sanitizers need nightly). scripts/setup.sh installs it.
 const NIGHTLY: &str = "nightly-2026-10-30";
 const FUZZ_TARGETS: [&str; 3] = ["record_layer", "certificate", "connection_splits"];
 
@@ -294,6 +341,10 @@ fn main() -> Result<()> {
         }
         Cmd::Test { unit_only, filter } => test(unit_only, filter),
         Cmd::Fuzz { secs } => fuzz(secs),
+        Cmd::Layout => {
+            print!("{}", layout::report(&root())?);
+            Ok(())
+        }
         Cmd::Bench {
             what: Bench::Analyze { rounds },
         } => {
@@ -335,16 +386,14 @@ fn main() -> Result<()> {
                 },
         } => {
             // The same release build of the library as the daemon's (eBPF included).
-            run(cargo()
-                .args([
-                    "build",
-                    "--release",
-                    "-p",
-                    "monitor",
-                    "--example",
-                    "mqtt_load",
-                ])
-                .env("TLSMON_BUILD_EBPF", "1"))?;
+            run(with_ebpf(cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "monitor",
+                "--example",
+                "mqtt_load",
+            ]))?)?;
             let report = bench_mqtt::run(
                 &root().join("target/release/examples/mqtt_load"),
                 rate.max(1),

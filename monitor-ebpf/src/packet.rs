@@ -1,0 +1,229 @@
+//! The data path: `cgroup_skb` egress and ingress on the root cgroup. Every TCP segment of
+//! the host passes here; a decided connection costs one storage lookup, an ordinary one
+//! is judged by its TCP socket's counters, and only TLS-looking payloads go further
+//! ([`crate::capture`]).
+
+use core::ptr;
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{__sk_buff, bpf_sock, bpf_tcp_sock},
+    btf_maps::Array,
+    helpers::generated::{bpf_sk_fullsock, bpf_skb_load_bytes, bpf_tcp_sock},
+    macros::{btf_map, cgroup_skb},
+    programs::SkBuffContext,
+};
+use monitor_common::{
+    counter, direction,
+    rules::{self, IPPROTO_TCP, PacketBytes, TcpCounters},
+};
+
+use crate::{
+    capture, floor,
+    ring::count,
+    state::{self, MODE_DONE, MODE_IGNORE, MODE_TLS, MODE_WATCH},
+    watch_limit,
+};
+
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+
+/// Ports known to speak TLS (either end of a connection), indexed by port: non-zero = TLS.
+/// Userspace fills it from configuration and from the TLS handshakes it has seen. An array
+/// (64 KiB): its lookups are inlined by the verifier, and it cannot fill up.
+#[btf_map]
+static TLS_PORTS: Array<u8, 65536> = Array::new();
+
+#[cgroup_skb(egress)]
+pub fn tlsmon_egress(ctx: SkBuffContext) -> i32 {
+    if !floor() {
+        on_packet(&ctx, direction::EGRESS);
+    }
+    1
+}
+
+#[cgroup_skb(ingress)]
+pub fn tlsmon_ingress(ctx: SkBuffContext) -> i32 {
+    if !floor() {
+        on_packet(&ctx, direction::INGRESS);
+    }
+    1
+}
+
+/// A TCP segment's position and payload within the packet.
+pub struct Segment {
+    pub seq: u32,
+    pub payload_off: u32,
+    pub payload_len: u32,
+}
+
+/// `N` bytes at `off` from the network header: read in place when they are in the packet's
+/// linear data (headers always are; no helper call), else copied by `bpf_skb_load_bytes`
+/// (payload in page fragments).
+#[inline(always)]
+pub fn load<const N: usize>(skb: *mut __sk_buff, off: u32) -> Option<[u8; N]> {
+    // SAFETY: context field reads; the direct read is checked against data_end, which is
+    // what the verifier requires of it.
+    unsafe {
+        let data = ptr::read_volatile(&(*skb).data) as usize;
+        let end = ptr::read_volatile(&(*skb).data_end) as usize;
+        // Bounded so the verifier can follow the pointer arithmetic. One byte is left to
+        // the helper: LLVM turns `at + 1 <= end` into `at < end`, which the verifier does
+        // not take as a bound.
+        let at = data + (off & 0xffff) as usize;
+        if N >= 2 && off <= 0xffff && at + N <= end {
+            return Some(ptr::read_unaligned(at as *const [u8; N]));
+        }
+    }
+    let mut buf = [0u8; N];
+    // SAFETY: copies N bytes into the local buffer; the helper checks the packet bounds.
+    let rc = unsafe { bpf_skb_load_bytes(skb.cast(), off, buf.as_mut_ptr().cast(), N as u32) };
+    (rc == 0).then_some(buf)
+}
+
+/// The packet as `rules` reads it.
+struct Packet(*mut __sk_buff);
+
+impl PacketBytes for Packet {
+    #[inline(always)]
+    fn four(&self, off: u32) -> Option<[u8; 4]> {
+        load::<4>(self.0, off)
+    }
+}
+
+/// The segment's first 5 payload bytes; zeros for a shorter payload, which cannot start
+/// with a TLS record header.
+#[inline(always)]
+pub fn payload_head(skb: *mut __sk_buff, seg: &Segment) -> [u8; 5] {
+    load::<5>(skb, seg.payload_off).unwrap_or([0; 5])
+}
+
+/// IP + TCP headers of a TCP segment (skb data starts at the network header here).
+#[inline(always)]
+fn parse_segment(skb: *mut __sk_buff, family: u32) -> Option<Segment> {
+    // SAFETY: context field read.
+    let len = unsafe { ptr::read_volatile(&(*skb).len) };
+    let l4 = if family == AF_INET {
+        let ip = load::<10>(skb, 0)?;
+        if ip[9] != IPPROTO_TCP {
+            return None;
+        }
+        rules::ipv4_header_len(ip[0])?
+    } else {
+        let ip = load::<7>(skb, 0)?;
+        if ip[0] >> 4 != 6 {
+            return None;
+        }
+        rules::ipv6_tcp_offset(ip[6], &Packet(skb))?
+    };
+    let tcp = load::<13>(skb, l4)?;
+    let payload_off = l4 + rules::tcp_header_len(tcp[12]);
+    Some(Segment {
+        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+        payload_off,
+        payload_len: rules::payload_len(len, payload_off),
+    })
+}
+
+#[inline(always)]
+fn on_packet(ctx: &SkBuffContext, dir: u8) {
+    let skb = ctx.as_ptr().cast::<__sk_buff>();
+    // SAFETY: context field reads and helpers checked by the verifier.
+    unsafe {
+        let sk = (*skb).__bindgen_anon_2.sk;
+        if sk.is_null() {
+            return;
+        }
+        let sk = bpf_sk_fullsock(sk);
+        if sk.is_null() {
+            return;
+        }
+        // Fast path first: a connection already decided (capture over, plaintext on a TLS
+        // port watched long enough, our own) costs one storage lookup per packet.
+        let st = state::lookup(sk.cast());
+        if !st.is_null() && matches!((*st).mode, MODE_DONE | MODE_IGNORE) {
+            return;
+        }
+        if ptr::read_volatile(&(*sk).protocol) != u32::from(IPPROTO_TCP) {
+            return;
+        }
+        let family = ptr::read_volatile(&(*sk).family);
+        if family != AF_INET && family != AF_INET6 {
+            return;
+        }
+        let tp = bpf_tcp_sock(sk);
+        if tp.is_null() {
+            return;
+        }
+        // A connection without state is ordinary so far: past the watch limit (counted by
+        // the TCP socket itself) it is left alone.
+        if st.is_null() && bytes_seen(tp) > u64::from(watch_limit()) {
+            return;
+        }
+        let Some(seg) = parse_segment(skb, family) else {
+            count(counter::PARSE_ERRORS, 1);
+            return;
+        };
+        if seg.payload_len == 0 {
+            return;
+        }
+        // One call site for `capture`: its chunk loop is what the verifier pays for.
+        let (st, tls) = if st.is_null() {
+            match capture::on_untracked(skb, sk, tp, dir, &seg) {
+                Some(st) => (st, true),
+                None => return,
+            }
+        } else {
+            let st = &mut *st;
+            let tls = match st.mode {
+                MODE_TLS => true,
+                MODE_WATCH => capture::watch(skb, sk, st, dir, &seg),
+                _ => false,
+            };
+            (st, tls)
+        };
+        if tls {
+            capture::capture(skb, sk, st, dir, &seg);
+        }
+    }
+}
+
+/// Payload bytes the connection has received plus those of its own the peer acknowledged.
+#[inline(always)]
+unsafe fn bytes_seen(tp: *mut bpf_tcp_sock) -> u64 {
+    // SAFETY: fields read through the verifier-checked pointer.
+    unsafe {
+        ptr::read_volatile(&(*tp).bytes_received)
+            .wrapping_add(ptr::read_volatile(&(*tp).bytes_acked))
+    }
+}
+
+/// True for the first payload of a connection (`rules::first_payload` on the socket's
+/// counters).
+#[inline(always)]
+pub unsafe fn connection_fresh(tp: *mut bpf_tcp_sock, dir: u8, seq: u32) -> bool {
+    // SAFETY: fields read through the verifier-checked pointer.
+    let counters = unsafe {
+        TcpCounters {
+            data_segs_in: ptr::read_volatile(&(*tp).data_segs_in),
+            data_segs_out: ptr::read_volatile(&(*tp).data_segs_out),
+            bytes_acked: ptr::read_volatile(&(*tp).bytes_acked),
+            snd_una: ptr::read_volatile(&(*tp).snd_una),
+        }
+    };
+    rules::first_payload(dir, &counters, seq)
+}
+
+/// Either end's port is known to speak TLS.
+#[inline(always)]
+pub unsafe fn port_speaks_tls(sk: *mut bpf_sock) -> bool {
+    // SAFETY: field reads through the verifier-checked pointer.
+    let (local, peer) = unsafe {
+        (
+            ptr::read_volatile(&(*sk).src_port) as u16,
+            u16::from_be(ptr::read_volatile(&(*sk).dst_port)),
+        )
+    };
+    let tls = |port: u16| TLS_PORTS.get(u32::from(port)).is_some_and(|v| *v != 0);
+    tls(local) || tls(peer)
+}
