@@ -120,19 +120,8 @@ pub fn graph(src: &Path) -> Result<Graph> {
 
 /// The circles of a graph: each set of two or more modules that reach one another.
 pub fn cycles(g: &Graph) -> Vec<BTreeSet<String>> {
-    let reach = |from: &str| -> BTreeSet<String> {
-        let mut seen = BTreeSet::new();
-        let mut todo = vec![from.to_owned()];
-        while let Some(m) = todo.pop() {
-            for n in g.get(&m).into_iter().flatten() {
-                if seen.insert(n.clone()) {
-                    todo.push(n.clone());
-                }
-            }
-        }
-        seen
-    };
-    let reaches: BTreeMap<&String, BTreeSet<String>> = g.keys().map(|m| (m, reach(m))).collect();
+    let reaches: BTreeMap<&String, BTreeSet<String>> =
+        g.keys().map(|m| (m, reached(g, m))).collect();
     let mut out: Vec<BTreeSet<String>> = Vec::new();
     for (m, r) in &reaches {
         if !r.contains(*m) {
@@ -151,7 +140,6 @@ pub fn cycles(g: &Graph) -> Vec<BTreeSet<String>> {
 }
 
 /// Everything `from` reaches.
-#[cfg(test)]
 pub fn reached(g: &Graph, from: &str) -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
     let mut todo = vec![from.to_owned()];

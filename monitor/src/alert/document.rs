@@ -336,6 +336,53 @@ pub(crate) mod test_support {
         }
     }
 
+    /// A curl client's `self_signed` failure against `peer`:8443 at `at_ms`: the event the
+    /// alert engine and the store are tested with.
+    pub(crate) fn failure_event(peer: &str, at_ms: u64) -> Event {
+        Event {
+            schema: SCHEMA,
+            event_id: uuid::Uuid::now_v7().to_string(),
+            time: "t".into(),
+            host: Host {
+                id: "m".into(),
+                name: "h".into(),
+            },
+            kind: Kind::HandshakeFailure,
+            severity: Severity::Error,
+            process: Some(ProcessRef {
+                pid: 9,
+                comm: "curl".into(),
+                exe: Some("/usr/bin/curl".into()),
+                unit: None,
+                uid: Some(0),
+                container: None,
+            }),
+            role: Role::Client,
+            local: Some(Endpoint {
+                ip: "127.0.0.1".into(),
+                port: 40000,
+            }),
+            peer: Some(Endpoint {
+                ip: peer.into(),
+                port: 8443,
+            }),
+            sni: Some("localhost".into()),
+            tls: TlsFacts::default(),
+            alert: None,
+            stage: Some("certificate".into()),
+            cause: "self_signed".into(),
+            inferred: false,
+            message: "m".into(),
+            certificate: None,
+            count: 1,
+            first_seen: format!("t{at_ms}"),
+            last_seen: format!("t{at_ms}"),
+            peers: None,
+            first_ms: at_ms,
+            last_ms: at_ms,
+        }
+    }
+
     pub(crate) const POLICY: WeakPolicy = WeakPolicy {
         warn_legacy_versions: true,
         expiry_warning_days: 14,

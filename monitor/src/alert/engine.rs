@@ -217,20 +217,11 @@ fn fold_into_summary(listener: &mut Listener, mut ev: Event, now: u64, window: u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alert::document::{Endpoint, ProcessRef, TlsFacts};
-    use crate::config::Host;
+    use crate::alert::document::{Endpoint, ProcessRef, test_support::failure_event};
 
+    /// nginx refusing `peer` on its listener :443 (no cipher in common).
     fn failure(peer: &str, at_ms: u64) -> Event {
         Event {
-            schema: crate::alert::document::SCHEMA,
-            event_id: uuid::Uuid::now_v7().to_string(),
-            time: String::new(),
-            host: Host {
-                id: "m".into(),
-                name: "h".into(),
-            },
-            kind: Kind::HandshakeFailure,
-            severity: Severity::Error,
             process: Some(ProcessRef {
                 pid: 1,
                 comm: "nginx".into(),
@@ -249,19 +240,9 @@ mod tests {
                 port: 50000,
             }),
             sni: Some("example.com".into()),
-            tls: TlsFacts::default(),
-            alert: None,
             stage: None,
             cause: "no_shared_cipher".into(),
-            inferred: false,
-            message: "m".into(),
-            certificate: None,
-            count: 1,
-            first_seen: format!("t{at_ms}"),
-            last_seen: format!("t{at_ms}"),
-            peers: None,
-            first_ms: at_ms,
-            last_ms: at_ms,
+            ..failure_event(peer, at_ms)
         }
     }
 

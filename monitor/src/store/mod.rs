@@ -163,53 +163,11 @@ pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
 pub(crate) mod test_support {
     use std::path::PathBuf;
 
-    use crate::alert::document::{Endpoint, Event, Kind, ProcessRef, Severity, TlsFacts};
-    use crate::config::Host;
-    use crate::flow::Role;
+    use crate::alert::document::{Event, test_support::failure_event};
 
+    /// A curl client's `self_signed` failure against `peer`:8443 at `at_ms`.
     pub(crate) fn event(peer: &str, at_ms: u64) -> Event {
-        Event {
-            schema: crate::alert::document::SCHEMA,
-            event_id: uuid::Uuid::now_v7().to_string(),
-            time: "t".into(),
-            host: Host {
-                id: "m".into(),
-                name: "h".into(),
-            },
-            kind: Kind::HandshakeFailure,
-            severity: Severity::Error,
-            process: Some(ProcessRef {
-                pid: 9,
-                comm: "curl".into(),
-                exe: Some("/usr/bin/curl".into()),
-                unit: None,
-                uid: Some(0),
-                container: None,
-            }),
-            role: Role::Client,
-            local: Some(Endpoint {
-                ip: "127.0.0.1".into(),
-                port: 40000,
-            }),
-            peer: Some(Endpoint {
-                ip: peer.into(),
-                port: 8443,
-            }),
-            sni: Some("localhost".into()),
-            tls: TlsFacts::default(),
-            alert: None,
-            stage: Some("certificate".into()),
-            cause: "self_signed".into(),
-            inferred: false,
-            message: "m".into(),
-            certificate: None,
-            count: 1,
-            first_seen: "a".into(),
-            last_seen: "a".into(),
-            peers: None,
-            first_ms: at_ms,
-            last_ms: at_ms,
-        }
+        failure_event(peer, at_ms)
     }
 
     pub(crate) fn temp_db(name: &str) -> PathBuf {

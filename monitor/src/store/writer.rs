@@ -327,7 +327,7 @@ mod tests {
         assert_eq!(all.len(), 2);
         let lo = &all[1];
         assert_eq!(lo["count"], 1000);
-        assert_eq!(lo["last_seen"], "a");
+        assert_eq!(lo["last_seen"], "t1999", "the last occurrence's time");
         let only = failures(
             &c,
             &FailureQuery {
