@@ -54,6 +54,16 @@ pub mod data_flags {
     pub const TRUNCATED: u8 = 1 << 3;
 }
 
+/// `EventHeader::flags` of every record of a connection (DATA, CLOSE, OWNER).
+pub mod record_flags {
+    /// An earlier record of this connection could not be put on the ring (it was full):
+    /// what userspace holds of it is incomplete.
+    pub const LOST: u8 = 1 << 7;
+    /// OPEN only: the peer's first bytes reached a listener or request socket before this
+    /// socket existed (TCP Fast Open, a segment racing the last ACK): they were not seen.
+    pub const MISSED_START: u8 = 1 << 6;
+}
+
 /// `CloseEvent::reason`.
 pub mod close_reason {
     /// A TCP state change (`old_state` -> `new_state`, Linux TCP_* numbering).
@@ -95,6 +105,10 @@ pub mod counter {
     pub const DATA_RECORDS: u32 = 5;
     /// Packets whose headers could not be read (unexpected IP/TCP layout).
     pub const PARSE_ERRORS: u32 = 6;
+    /// Connections whose peer's first bytes reached a listener or request socket (TCP Fast
+    /// Open data, a first segment racing the handshake's last ACK): reported with the start
+    /// of that stream missing.
+    pub const MISSED_START: u32 = 7;
     pub const COUNT: u32 = 8;
 }
 

@@ -8,25 +8,22 @@ use core::ptr;
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_sock, bpf_tcp_sock},
     btf_maps::HashMap,
-    helpers::generated::{bpf_get_socket_cookie, bpf_skb_cgroup_id, bpf_tcp_sock},
+    helpers::generated::{bpf_get_socket_cookie, bpf_skb_cgroup_id},
     macros::btf_map,
 };
 use monitor_common::{
-    DATA_CHUNK, MAX_DIRECTION_BUDGET, OpenEvent, counter, data_flags, direction, kind, role,
+    DATA_CHUNK, EventHeader, MAX_DIRECTION_BUDGET, OpenEvent, counter, data_flags, direction, kind,
+    record_flags, role,
     rules::{self, Window},
 };
 
 use crate::{
     direction_budget,
     owners::client_owner,
-    packet::{Segment, connection_fresh, load, payload_head, port_speaks_tls},
+    packet::{Segment, counters, load, payload_head, port_speaks_tls},
     ring::{count, emit_data, header, output},
     self_tgid,
-    state::{
-        self, F_FULL_EGRESS, F_FULL_INGRESS, F_MID_STREAM, F_OPEN_REPORTED, F_OWNER_KNOWN,
-        F_ROLE_CLIENT, F_ROLE_SERVER, F_START_EGRESS, F_START_INGRESS, MODE_DONE, MODE_IGNORE,
-        MODE_TLS, MODE_WATCH, SockState, by_dir, dir_index, full_flag, start_flag,
-    },
+    state::{self, MODE_DONE, MODE_IGNORE, MODE_TLS, MODE_WATCH, SockState, by_dir, dir_index},
     watch_limit,
 };
 
@@ -50,7 +47,8 @@ pub unsafe fn on_untracked(
 ) -> Option<&'static mut SockState> {
     // SAFETY: forwarded verifier-checked pointers.
     unsafe {
-        let fresh = connection_fresh(tp, dir, seg.seq);
+        let c = counters(sk, tp);
+        let fresh = rules::first_payload(dir, &c, seg.seq);
         let head = payload_head(skb, seg);
         let tls = rules::looks_like_tls(&head);
         if !tls && !(fresh && port_speaks_tls(sk)) {
@@ -62,32 +60,53 @@ pub unsafe fn on_untracked(
         }
         let st = &mut *st;
         st.cookie = bpf_get_socket_cookie(skb.cast());
+        let mut missed = None;
         if let Some(owner) = client_owner(st.cookie) {
             st.owner = owner;
-            st.flags |= F_ROLE_CLIENT | F_OWNER_KNOWN;
+            st.role = role::CLIENT;
+            st.owner_known = 1;
             if st.owner.tgid == self_tgid() {
                 st.mode = MODE_IGNORE;
                 return None;
             }
+        } else if let Some(start) = tls
+            .then(|| rules::missed_peer_start(dir, &c, seg.seq))
+            .flatten()
+        {
+            // An accepted socket whose peer spoke first where we could not see it.
+            missed = Some(start);
+            st.role = role::SERVER;
         } else if tls && is_client_hello(skb, seg, &head) {
             // No connect() seen: the side sending the ClientHello is the client.
-            st.flags |= by_dir(dir, F_ROLE_CLIENT, F_ROLE_SERVER);
+            st.role = by_dir(dir, role::CLIENT, role::SERVER);
         } else if fresh && dir == direction::INGRESS {
             // The peer spoke first on a connection we did not open: accepted.
-            st.flags |= F_ROLE_SERVER;
+            st.role = role::SERVER;
         }
         // Watched from here unless it starts TLS (below, or at a later segment).
         st.mode = MODE_WATCH;
-        st.watched = seg.payload_len;
+        st.watched[dir_index(dir)] = seg.payload_len;
         if !tls {
-            sample(skb, sk, st, dir, seg);
+            sample(skb, sk, tp, st, dir, seg);
             return None;
         }
-        if fresh {
+        if let Some(peer_start) = missed {
+            // Both streams from their true starts: the peer's missing first bytes show in
+            // userspace as a hole, not as a stream that begins later.
+            let (mine, theirs) = (dir_index(dir), 1 - dir_index(dir));
+            st.start[mine] = seg.seq;
+            st.start[theirs] = peer_start;
+            st.started = [1, 1];
+            st.missed_start = 1;
+            st.mode = MODE_TLS;
+            count(counter::FLOWS_TLS, 1);
+            count(counter::MISSED_START, 1);
+            report_open(skb, sk, st);
+        } else if fresh {
             st.mode = MODE_TLS;
             count(counter::FLOWS_TLS, 1);
             report_open(skb, sk, st);
-        } else if !upgrade(skb, sk, st, dir, seg) {
+        } else if !upgrade(skb, sk, tp, st, dir, seg) {
             return None;
         }
         Some(st)
@@ -103,23 +122,25 @@ fn is_client_hello(skb: *mut __sk_buff, seg: &Segment, head: &[u8; 5]) -> bool {
 }
 
 /// Start of this direction's stream, read from the TCP socket: the next byte expected
-/// (ingress) or the oldest unacknowledged byte (egress). At a connection's first payload both
-/// are the first payload byte even when that segment is a retransmission or arrives out of
-/// order, so holes at the start are visible to userspace.
+/// (ingress) or this socket's oldest unacknowledged byte, past an unacknowledged SYN
+/// (egress). At a connection's first payload both are the first payload byte even when that
+/// segment is a retransmission or arrives out of order, so holes at the start are visible to
+/// userspace.
 #[inline(always)]
-unsafe fn stream_origin(sk: *mut bpf_sock, dir: u8, mid_stream_other: bool) -> Option<u32> {
-    // SAFETY: helper on a full socket; fields read through the verifier-checked pointer.
-    unsafe {
-        let tp = bpf_tcp_sock(sk);
-        if tp.is_null() {
-            return None;
-        }
-        Some(match (dir, mid_stream_other) {
-            (direction::INGRESS, _) => ptr::read_volatile(&(*tp).rcv_nxt),
-            (_, false) => ptr::read_volatile(&(*tp).snd_una),
-            // Upgrade seen on ingress: our next byte to send starts the egress stream.
-            (_, true) => ptr::read_volatile(&(*tp).snd_nxt),
-        })
+unsafe fn stream_origin(
+    sk: *mut bpf_sock,
+    tp: *mut bpf_tcp_sock,
+    dir: u8,
+    mid_stream_other: bool,
+) -> u32 {
+    // SAFETY: verifier-checked pointers.
+    let c = unsafe { counters(sk, tp) };
+    match (dir, mid_stream_other) {
+        (direction::INGRESS, _) => c.rcv_nxt,
+        (_, false) => c.egress_origin(),
+        // Upgrade seen on ingress: our next byte to send starts the egress stream.
+        // SAFETY: field read through the verifier-checked pointer.
+        (_, true) => unsafe { ptr::read_volatile(&(*tp).snd_nxt) },
     }
 }
 
@@ -129,6 +150,7 @@ unsafe fn stream_origin(sk: *mut bpf_sock, dir: u8, mid_stream_other: bool) -> O
 unsafe fn sample(
     skb: *mut __sk_buff,
     sk: *mut bpf_sock,
+    tp: *mut bpf_tcp_sock,
     st: &mut SockState,
     dir: u8,
     seg: &Segment,
@@ -137,12 +159,12 @@ unsafe fn sample(
     unsafe {
         report_open(skb, sk, st);
         let n = rules::sample_len(seg.payload_len);
-        let origin = stream_origin(sk, dir, false).unwrap_or(seg.seq);
-        let mut flags = data_flags::SAMPLE;
+        let origin = stream_origin(sk, tp, dir, false);
+        let mut flags = data_flags::SAMPLE | st.record_flags();
         if n < seg.payload_len {
             flags |= data_flags::TRUNCATED;
         }
-        let _ = emit_data(
+        let sent = emit_data(
             skb,
             st.cookie,
             dir,
@@ -153,6 +175,9 @@ unsafe fn sample(
             seg.payload_off,
             n,
         );
+        if !sent {
+            st.lost = 1;
+        }
     }
 }
 
@@ -163,12 +188,14 @@ unsafe fn sample(
 pub unsafe fn watch(
     skb: *mut __sk_buff,
     sk: *mut bpf_sock,
+    tp: *mut bpf_tcp_sock,
     st: &mut SockState,
     dir: u8,
     seg: &Segment,
 ) -> bool {
-    st.watched = st.watched.saturating_add(seg.payload_len);
-    if st.watched > watch_limit() {
+    let i = dir_index(dir);
+    st.watched[i] = st.watched[i].saturating_add(seg.payload_len);
+    if st.watched[0].saturating_add(st.watched[1]) > watch_limit() {
         st.mode = MODE_DONE;
         return false;
     }
@@ -176,7 +203,7 @@ pub unsafe fn watch(
         return false;
     }
     // SAFETY: forwarded verifier-checked pointers.
-    unsafe { upgrade(skb, sk, st, dir, seg) }
+    unsafe { upgrade(skb, sk, tp, st, dir, seg) }
 }
 
 /// A TLS record starts mid-connection (STARTTLS): both streams start here, this direction at
@@ -185,6 +212,7 @@ pub unsafe fn watch(
 unsafe fn upgrade(
     skb: *mut __sk_buff,
     sk: *mut bpf_sock,
+    tp: *mut bpf_tcp_sock,
     st: &mut SockState,
     dir: u8,
     seg: &Segment,
@@ -192,12 +220,10 @@ unsafe fn upgrade(
     // SAFETY: forwarded verifier-checked pointers.
     unsafe {
         let other = by_dir(dir, direction::INGRESS, direction::EGRESS);
-        let Some(other_start) = stream_origin(sk, other, true) else {
-            return false;
-        };
         st.start[dir_index(dir)] = seg.seq;
-        st.start[dir_index(other)] = other_start;
-        st.flags |= F_START_EGRESS | F_START_INGRESS | F_MID_STREAM;
+        st.start[dir_index(other)] = stream_origin(sk, tp, other, true);
+        st.started = [1, 1];
+        st.mid_stream = 1;
         st.mode = MODE_TLS;
         count(counter::FLOWS_UPGRADED, 1);
         report_open(skb, sk, st);
@@ -211,6 +237,7 @@ unsafe fn upgrade(
 pub unsafe fn capture(
     skb: *mut __sk_buff,
     sk: *mut bpf_sock,
+    tp: *mut bpf_tcp_sock,
     st: &mut SockState,
     dir: u8,
     seg: &Segment,
@@ -223,13 +250,10 @@ pub unsafe fn capture(
         return;
     }
     let i = dir_index(dir);
-    if st.flags & start_flag(dir) == 0 {
-        // SAFETY: verifier-checked socket pointer.
-        let Some(origin) = (unsafe { stream_origin(sk, dir, false) }) else {
-            return;
-        };
-        st.start[i] = origin;
-        st.flags |= start_flag(dir);
+    if st.started[i] == 0 {
+        // SAFETY: verifier-checked socket pointers.
+        st.start[i] = unsafe { stream_origin(sk, tp, dir, false) };
+        st.started[i] = 1;
     }
     let (skip, n, truncated) = match rules::capture_window(
         seg.seq,
@@ -241,8 +265,8 @@ pub unsafe fn capture(
         Window::BeforeStart => return,
         Window::BudgetSpent => {
             count(counter::BUDGET_TRUNCATED, seg.payload_len as u64);
-            st.flags |= full_flag(dir);
-            if st.flags & (F_FULL_EGRESS | F_FULL_INGRESS) == F_FULL_EGRESS | F_FULL_INGRESS {
+            st.full[i] = 1;
+            if st.full[0] != 0 && st.full[1] != 0 {
                 st.mode = MODE_DONE;
             }
             return;
@@ -258,10 +282,10 @@ pub unsafe fn capture(
             counter::BUDGET_TRUNCATED,
             (seg.payload_len - skip - n) as u64,
         );
-        st.flags |= full_flag(dir);
+        st.full[i] = 1;
     }
-    let mut flags = data_flags::TLS;
-    if st.flags & F_MID_STREAM != 0 {
+    let mut flags = data_flags::TLS | st.record_flags();
+    if st.mid_stream != 0 {
         flags |= data_flags::MID_STREAM;
     }
     if truncated {
@@ -296,6 +320,7 @@ pub unsafe fn capture(
             )
         };
         if !ok {
+            st.lost = 1;
             break;
         }
         done += len;
@@ -306,22 +331,22 @@ pub unsafe fn capture(
 /// The connection's OPEN record, once: ends, role, owner when known, the socket's cgroup.
 #[inline(always)]
 pub unsafe fn report_open(skb: *mut __sk_buff, sk: *mut bpf_sock, st: &mut SockState) {
-    if st.flags & F_OPEN_REPORTED != 0 {
+    if st.open_reported != 0 {
         return;
     }
-    st.flags |= F_OPEN_REPORTED;
+    st.open_reported = 1;
     count(counter::FLOWS_REPORTED, 1);
-    let role = if st.flags & F_ROLE_CLIENT != 0 {
-        role::CLIENT
-    } else if st.flags & F_ROLE_SERVER != 0 {
-        role::SERVER
-    } else {
-        role::UNKNOWN
-    };
+    let mut open_flags = st.record_flags();
+    if st.missed_start != 0 {
+        open_flags |= record_flags::MISSED_START;
+    }
     let mut ev = OpenEvent {
-        header: header(kind::OPEN, st.cookie),
-        role,
-        owner_known: (st.flags & F_OWNER_KNOWN != 0) as u8,
+        header: EventHeader {
+            flags: open_flags,
+            ..header(kind::OPEN, st.cookie)
+        },
+        role: st.role,
+        owner_known: st.owner_known,
         owner: st.owner,
         ..OpenEvent::default()
     };
@@ -347,5 +372,7 @@ pub unsafe fn report_open(skb: *mut __sk_buff, sk: *mut bpf_sock, st: &mut SockS
             }
         }
     }
-    output(&ev);
+    if !output(&ev) {
+        st.lost = 1;
+    }
 }

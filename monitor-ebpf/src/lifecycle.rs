@@ -5,14 +5,14 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use monitor_common::{CloseEvent, close_reason, kind, tcp_state};
+use monitor_common::{CloseEvent, EventHeader, close_reason, kind, tcp_state};
 
 use crate::{
     capture::STOP,
     floor,
     owners::adopt_owner,
     ring::{header, output},
-    state::{self, F_OPEN_REPORTED, SockState},
+    state::{self, SockState},
 };
 
 /// The state of a connection that was reported, if any.
@@ -27,18 +27,24 @@ fn reported_state(sk: *mut c_void) -> Option<&'static mut SockState> {
     }
     // SAFETY: storage returned by the kernel for this socket.
     let st = unsafe { &mut *st };
-    (st.flags & F_OPEN_REPORTED != 0).then_some(st)
+    (st.open_reported != 0).then_some(st)
 }
 
 #[inline(always)]
-fn emit_close(cookie: u64, reason: u8, old_state: u8, new_state: u8) {
-    output(&CloseEvent {
-        header: header(kind::CLOSE, cookie),
+fn emit_close(st: &mut SockState, reason: u8, old_state: u8, new_state: u8) {
+    let sent = output(&CloseEvent {
+        header: EventHeader {
+            flags: st.record_flags(),
+            ..header(kind::CLOSE, st.cookie)
+        },
         reason,
         old_state,
         new_state,
         ..CloseEvent::default()
     });
+    if !sent {
+        st.lost = 1;
+    }
 }
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -56,7 +62,7 @@ pub fn tlsmon_state(ctx: BtfTracePointContext) -> i32 {
             adopt_owner(st);
         }
         let cookie = st.cookie;
-        emit_close(cookie, close_reason::STATE, old as u8, new as u8);
+        emit_close(st, close_reason::STATE, old as u8, new as u8);
         if new == i32::from(tcp_state::CLOSE) {
             // A stop request for a connection that sent nothing more must not outlive it.
             let _ = STOP.remove(&cookie);
@@ -72,7 +78,7 @@ pub fn tlsmon_rst_in(ctx: BtfTracePointContext) -> i32 {
     }
     let sk: *mut c_void = ctx.arg(0);
     if let Some(st) = reported_state(sk) {
-        emit_close(st.cookie, close_reason::RESET_RECEIVED, 0, 0);
+        emit_close(st, close_reason::RESET_RECEIVED, 0, 0);
     }
     0
 }
@@ -84,7 +90,7 @@ pub fn tlsmon_rst_out(ctx: BtfTracePointContext) -> i32 {
     }
     let sk: *mut c_void = ctx.arg(0);
     if let Some(st) = reported_state(sk) {
-        emit_close(st.cookie, close_reason::RESET_SENT, 0, 0);
+        emit_close(st, close_reason::RESET_SENT, 0, 0);
     }
     0
 }

@@ -24,6 +24,10 @@
 //! are pure functions in `monitor_common::rules`, tested on the host.
 #![no_std]
 #![no_main]
+// Fully ordered BPF atomics (`owners`): `core::sync::atomic` offers no read-modify-write on
+// this target, whose spec does not claim compare-and-swap.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod capture;
 mod lifecycle;

@@ -3,7 +3,11 @@
 //! Servers: tp_btf `tcp_rcv_space_adjust` runs in the context of the process that reads the
 //! accepted socket, after the peer's first bytes; a close in process context names it too.
 
-use core::{ffi::c_void, ptr};
+use core::{
+    ffi::c_void,
+    intrinsics::{AtomicOrdering, atomic_xadd, atomic_xchg},
+    ptr,
+};
 
 use aya_ebpf::{
     EbpfContext,
@@ -16,7 +20,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, SockAddrContext},
 };
 use monitor_common::{
-    COMM_LEN, OwnerEvent, Task, kind,
+    COMM_LEN, EventHeader, OwnerEvent, Task, kind,
     rules::{IPPROTO_TCP, OWNER_SLOTS, owner_slot},
 };
 
@@ -24,7 +28,7 @@ use crate::{
     floor,
     ring::{header, output},
     self_tgid,
-    state::{self, F_OPEN_REPORTED, F_OWNER_KNOWN, MODE_IGNORE, SockState},
+    state::{self, MODE_IGNORE, SockState},
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -39,10 +43,15 @@ pub struct ConnectSlot {
 
 /// Owners of client sockets, noted at connect() (process context) and read when the
 /// connection first matters. Direct-mapped by cookie (`rules::owner_slot`): two live
-/// sockets can share a slot, and the cookie in the slot says whether it still holds this
-/// socket's owner (if not, userspace's /proc fallback names it). An array slot costs no
-/// lock, allocation or eviction scan (an LRU hash here cost more than the SK_STORAGE
-/// allocation it replaced: 1.1-1.8 us a connect()).
+/// sockets can share a slot, and the cookie in the slot says whether it holds this
+/// socket's owner (if not, userspace's /proc fallback names it). The slot is a sequence
+/// lock on its cookie: the writer empties it, writes the owner, then sets the cookie; the
+/// reader reads the cookie, copies the owner, reads the cookie again. The cookie is only
+/// written and read with BPF atomic instructions that return a value (xchg, fetch_add),
+/// which the BPF memory model makes fully ordered on every architecture: the owner's bytes
+/// can neither be seen before the cookie that announces them nor be copied after it
+/// changed. An array slot costs no lock, allocation or eviction scan (an LRU hash here cost
+/// more than the SK_STORAGE allocation it replaced: 1.1-1.8 us a connect()).
 #[btf_map]
 static OWNERS: Array<ConnectSlot, { OWNER_SLOTS as usize }> = Array::new();
 
@@ -95,25 +104,43 @@ fn on_connect(ctx: &SockAddrContext) {
     let Some(slot) = OWNERS.get_ptr_mut(owner_slot(cookie)) else {
         return;
     };
-    // SAFETY: an array slot; emptied first so a reader never takes a half-written owner.
+    // SAFETY: the fields of an array slot (the u64 cookie is aligned).
     unsafe {
-        ptr::write_volatile(&mut (*slot).cookie, 0);
-        (*slot).owner = current_task();
-        ptr::write_volatile(&mut (*slot).cookie, cookie);
+        let stamp = ptr::addr_of_mut!((*slot).cookie);
+        // Emptied first so a reader never takes a half-written owner.
+        exchange(stamp, 0);
+        ptr::write_volatile(ptr::addr_of_mut!((*slot).owner), current_task());
+        exchange(stamp, cookie);
     }
+}
+
+/// BPF_XCHG: fully ordered (a BPF atomic that returns a value).
+#[inline(always)]
+unsafe fn exchange(p: *mut u64, v: u64) -> u64 {
+    // SAFETY: an aligned u64 in map memory.
+    unsafe { atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(p, v) }
+}
+
+/// BPF_ADD | BPF_FETCH of 0: a fully ordered read (a plain atomic load is not ordered in the
+/// BPF memory model).
+#[inline(always)]
+unsafe fn ordered_read(p: *mut u64) -> u64 {
+    // SAFETY: an aligned u64 in map memory.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(p, 0) }
 }
 
 /// The owner connect() noted for this client socket, if its slot still holds it.
 #[inline(always)]
 pub fn client_owner(cookie: u64) -> Option<Task> {
-    let slot = OWNERS.get_ptr(owner_slot(cookie))?;
-    // SAFETY: an array slot; the cookie is read before and after the copy.
+    let slot = OWNERS.get_ptr_mut(owner_slot(cookie))?;
+    // SAFETY: the fields of an array slot; the cookie is read before and after the copy.
     unsafe {
-        if ptr::read_volatile(&(*slot).cookie) != cookie {
+        let stamp = ptr::addr_of_mut!((*slot).cookie);
+        if ordered_read(stamp) != cookie {
             return None;
         }
-        let owner = ptr::read_volatile(&(*slot).owner);
-        (ptr::read_volatile(&(*slot).cookie) == cookie).then_some(owner)
+        let owner = ptr::read_volatile(ptr::addr_of!((*slot).owner));
+        (ordered_read(stamp) == cookie).then_some(owner)
     }
 }
 
@@ -140,7 +167,7 @@ pub fn tlsmon_reader(ctx: BtfTracePointContext) -> i32 {
 /// in the context of a process holding the socket (its read, its close).
 #[inline(always)]
 pub fn adopt_owner(st: &mut SockState) {
-    if st.flags & F_OWNER_KNOWN != 0 {
+    if st.owner_known != 0 {
         return;
     }
     let owner = current_task();
@@ -148,15 +175,20 @@ pub fn adopt_owner(st: &mut SockState) {
         return;
     }
     st.owner = owner;
-    st.flags |= F_OWNER_KNOWN;
+    st.owner_known = 1;
     if owner.tgid == self_tgid() {
         st.mode = MODE_IGNORE;
         return;
     }
-    if st.flags & F_OPEN_REPORTED != 0 {
-        output(&OwnerEvent {
-            header: header(kind::OWNER, st.cookie),
+    if st.open_reported != 0
+        && !output(&OwnerEvent {
+            header: EventHeader {
+                flags: st.record_flags(),
+                ..header(kind::OWNER, st.cookie)
+            },
             owner,
-        });
+        })
+    {
+        st.lost = 1;
     }
 }

@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use monitor_common::{
     counter, direction,
-    rules::{self, IPPROTO_TCP, PacketBytes, TcpCounters},
+    rules::{self, IPPROTO_TCP, PacketBytes, TCP_LISTEN, TcpCounters},
 };
 
 use crate::{
@@ -52,6 +52,7 @@ pub fn tlsmon_ingress(ctx: SkBuffContext) -> i32 {
 
 /// A TCP segment's position and payload within the packet.
 pub struct Segment {
+    /// Sequence number of the first payload byte (`rules::payload_seq`: after a SYN).
     pub seq: u32,
     pub payload_off: u32,
     pub payload_len: u32,
@@ -98,28 +99,18 @@ pub fn payload_head(skb: *mut __sk_buff, seg: &Segment) -> [u8; 5] {
     load::<5>(skb, seg.payload_off).unwrap_or([0; 5])
 }
 
-/// IP + TCP headers of a TCP segment (skb data starts at the network header here).
+/// IP + TCP headers of a TCP segment (skb data starts at the network header here), read
+/// by the packet's own IP version (`rules::tcp_offset`).
 #[inline(always)]
-fn parse_segment(skb: *mut __sk_buff, family: u32) -> Option<Segment> {
+fn parse_segment(skb: *mut __sk_buff) -> Option<Segment> {
     // SAFETY: context field read.
     let len = unsafe { ptr::read_volatile(&(*skb).len) };
-    let l4 = if family == AF_INET {
-        let ip = load::<10>(skb, 0)?;
-        if ip[9] != IPPROTO_TCP {
-            return None;
-        }
-        rules::ipv4_header_len(ip[0])?
-    } else {
-        let ip = load::<7>(skb, 0)?;
-        if ip[0] >> 4 != 6 {
-            return None;
-        }
-        rules::ipv6_tcp_offset(ip[6], &Packet(skb))?
-    };
-    let tcp = load::<13>(skb, l4)?;
+    let l4 = rules::tcp_offset(&Packet(skb))?;
+    let tcp = load::<14>(skb, l4)?;
     let payload_off = l4 + rules::tcp_header_len(tcp[12]);
+    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
     Some(Segment {
-        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+        seq: rules::payload_seq(seq, rules::tcp_syn(tcp[13])),
         payload_off,
         payload_len: rules::payload_len(len, payload_off),
     })
@@ -151,6 +142,13 @@ fn on_packet(ctx: &SkBuffContext, dir: u8) {
         if family != AF_INET && family != AF_INET6 {
             return;
         }
+        // A listener sees a connection's first payload when it comes before the child
+        // socket exists (Fast Open data in the SYN, a segment racing the last ACK): state
+        // on the listener would mix every such connection. The child reports the start it
+        // missed (`rules::missed_peer_start`).
+        if ptr::read_volatile(&(*sk).state) == TCP_LISTEN {
+            return;
+        }
         let tp = bpf_tcp_sock(sk);
         if tp.is_null() {
             return;
@@ -160,7 +158,7 @@ fn on_packet(ctx: &SkBuffContext, dir: u8) {
         if st.is_null() && bytes_seen(tp) > u64::from(watch_limit()) {
             return;
         }
-        let Some(seg) = parse_segment(skb, family) else {
+        let Some(seg) = parse_segment(skb) else {
             count(counter::PARSE_ERRORS, 1);
             return;
         };
@@ -177,13 +175,13 @@ fn on_packet(ctx: &SkBuffContext, dir: u8) {
             let st = &mut *st;
             let tls = match st.mode {
                 MODE_TLS => true,
-                MODE_WATCH => capture::watch(skb, sk, st, dir, &seg),
+                MODE_WATCH => capture::watch(skb, sk, tp, st, dir, &seg),
                 _ => false,
             };
             (st, tls)
         };
         if tls {
-            capture::capture(skb, sk, st, dir, &seg);
+            capture::capture(skb, sk, tp, st, dir, &seg);
         }
     }
 }
@@ -198,20 +196,21 @@ unsafe fn bytes_seen(tp: *mut bpf_tcp_sock) -> u64 {
     }
 }
 
-/// True for the first payload of a connection (`rules::first_payload` on the socket's
-/// counters).
+/// What the TCP socket counts of itself, for the `rules` that read it.
 #[inline(always)]
-pub unsafe fn connection_fresh(tp: *mut bpf_tcp_sock, dir: u8, seq: u32) -> bool {
-    // SAFETY: fields read through the verifier-checked pointer.
-    let counters = unsafe {
+pub unsafe fn counters(sk: *mut bpf_sock, tp: *mut bpf_tcp_sock) -> TcpCounters {
+    // SAFETY: fields read through verifier-checked pointers.
+    unsafe {
         TcpCounters {
             data_segs_in: ptr::read_volatile(&(*tp).data_segs_in),
             data_segs_out: ptr::read_volatile(&(*tp).data_segs_out),
+            bytes_received: ptr::read_volatile(&(*tp).bytes_received),
             bytes_acked: ptr::read_volatile(&(*tp).bytes_acked),
             snd_una: ptr::read_volatile(&(*tp).snd_una),
+            rcv_nxt: ptr::read_volatile(&(*tp).rcv_nxt),
+            state: ptr::read_volatile(&(*sk).state),
         }
-    };
-    rules::first_payload(dir, &counters, seq)
+    }
 }
 
 /// Either end's port is known to speak TLS.

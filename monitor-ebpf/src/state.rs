@@ -17,30 +17,49 @@ pub const MODE_WATCH: u8 = 2;
 pub const MODE_DONE: u8 = 3;
 pub const MODE_IGNORE: u8 = 4;
 
-pub const F_START_EGRESS: u32 = 1 << 0;
-pub const F_START_INGRESS: u32 = 1 << 1;
-pub const F_OWNER_KNOWN: u32 = 1 << 2;
-pub const F_OPEN_REPORTED: u32 = 1 << 3;
-pub const F_ROLE_CLIENT: u32 = 1 << 4;
-pub const F_ROLE_SERVER: u32 = 1 << 5;
-pub const F_MID_STREAM: u32 = 1 << 6;
-pub const F_FULL_EGRESS: u32 = 1 << 7;
-pub const F_FULL_INGRESS: u32 = 1 << 8;
-
+/// The state of one connection. The egress and ingress programs of a socket can run at the
+/// same time on two CPUs, so nothing here is a read-modify-write of a word both write: what
+/// one direction owns is indexed by direction (`dir_index`), and what both may set is a
+/// byte of its own, written whole (a lost update is impossible; a check-then-set race at
+/// most reports OPEN twice, which userspace takes as one).
 #[repr(C)]
 pub struct SockState {
     pub cookie: u64,
     pub owner: Task,
-    pub flags: u32,
     pub mode: u8,
-    pub _pad: [u8; 3],
-    /// Sequence number where each direction's captured stream starts (index: direction).
+    /// `monitor_common::role`.
+    pub role: u8,
+    pub owner_known: u8,
+    pub open_reported: u8,
+    /// Capture began at a STARTTLS-style upgrade.
+    pub mid_stream: u8,
+    /// A record of this connection could not be put on the ring.
+    pub lost: u8,
+    /// Per direction: where the captured stream starts is known.
+    pub started: [u8; 2],
+    /// Per direction: the budget is spent.
+    pub full: [u8; 2],
+    /// The peer's first bytes went to a listener or request socket (`rules::missed_peer_start`).
+    pub missed_start: u8,
+    pub _pad: [u8; 5],
+    /// Sequence number where each direction's captured stream starts.
     pub start: [u32; 2],
     /// Bytes sent to the ring per direction, retransmissions included (bounds a storm).
     pub sent: [u32; 2],
-    /// Plaintext bytes looked at for a late TLS start.
-    pub watched: u32,
-    pub _pad2: u32,
+    /// Plaintext bytes looked at per direction for a late TLS start.
+    pub watched: [u32; 2],
+}
+
+impl SockState {
+    /// `EventHeader::flags` bits every record of this connection carries.
+    #[inline(always)]
+    pub fn record_flags(&self) -> u8 {
+        if self.lost != 0 {
+            monitor_common::record_flags::LOST
+        } else {
+            0
+        }
+    }
 }
 
 #[btf_map]
@@ -76,16 +95,6 @@ pub fn by_dir<T>(dir: u8, egress: T, ingress: T) -> T {
     } else {
         ingress
     }
-}
-
-#[inline(always)]
-pub fn start_flag(dir: u8) -> u32 {
-    by_dir(dir, F_START_EGRESS, F_START_INGRESS)
-}
-
-#[inline(always)]
-pub fn full_flag(dir: u8) -> u32 {
-    by_dir(dir, F_FULL_EGRESS, F_FULL_INGRESS)
 }
 
 #[inline(always)]

@@ -275,6 +275,7 @@ fn as_capture_events(r: &Report, local: Party) -> Vec<CaptureEvent> {
             socket_cgroup_id: 1,
         },
         owner: None,
+        missed_start: false,
     }];
     let mut seq = [START; 2];
     let mut fins = 0;
@@ -295,6 +296,7 @@ fn as_capture_events(r: &Report, local: Party) -> Vec<CaptureEvent> {
                     sample: false,
                     mid_stream: false,
                     truncated: false,
+                    lost: false,
                     seq: seq[direction.index()],
                     stream_start: START,
                     segment_len: bytes.len() as u32,
@@ -324,6 +326,7 @@ fn as_capture_events(r: &Report, local: Party) -> Vec<CaptureEvent> {
                     cookie: 1,
                     ts_ns: *ts_ns,
                     what,
+                    lost: false,
                 });
                 last = *ts_ns;
             }
@@ -345,6 +348,7 @@ fn as_capture_events(r: &Report, local: Party) -> Vec<CaptureEvent> {
                 old: tcp_state::LAST_ACK,
                 new: tcp_state::CLOSE,
             },
+            lost: false,
         });
     }
     out

@@ -189,10 +189,12 @@ fn cargo() -> Command {
 fn build_ebpf() -> Result<PathBuf> {
     let target_dir = root().join("target/ebpf");
     // What aya's build helper passes: the host architecture for aya-ebpf's per-arch code,
-    // debug info and BTF for the loader (CO-RE relocations).
+    // debug info and BTF for the loader (CO-RE relocations). And BPF v3 (kernel >= 5.12;
+    // rustc hands it to bpf-linker too): the owner table's fully ordered atomics need it.
     let rustflags = [
         format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
         "-Cdebuginfo=2".into(),
+        "-Ctarget-cpu=v3".into(),
         "-Clink-arg=--btf".into(),
     ]
     .join("\x1f");

@@ -320,6 +320,7 @@ pub(crate) mod test_support {
             truncated: false,
             first_unix_ns: 1_763_900_000_123_000_000,
             early: true,
+            incomplete: None,
         }
     }
 

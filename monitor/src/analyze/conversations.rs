@@ -200,10 +200,13 @@ impl Tracker {
             conv.starts[i] = Some(seg.seq.wrapping_add(1));
         }
         if !seg.payload.is_empty() {
-            let start = conv.starts[i].unwrap_or(seg.seq);
+            // A SYN's own sequence number carries no data: its payload (TCP Fast Open)
+            // starts one later.
+            let seq = seg.seq.wrapping_add(u32::from(seg.syn));
+            let start = conv.starts[i].unwrap_or(seq);
             let stream = conv.streams[i]
                 .get_or_insert_with(|| StreamReassembler::new(start, DIRECTION_LIMIT));
-            stream.push(seg.seq, seg.payload);
+            stream.push(seq, seg.payload);
             let new = &stream.contiguous()[conv.fed[i]..];
             if !new.is_empty() {
                 let new = new.to_vec();
@@ -307,5 +310,53 @@ impl Tracker {
         let mut left: Vec<Conversation> = self.table.drain().map(|(_, c)| c).collect();
         left.sort_by_key(|c| c.first_ns);
         left.into_iter().map(|c| c.report(now)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg<'a>(
+        src: &str,
+        dst: &str,
+        seq: u32,
+        syn: bool,
+        ack: bool,
+        payload: &'a [u8],
+    ) -> Segment<'a> {
+        Segment {
+            src: src.parse().expect("addr"),
+            dst: dst.parse().expect("addr"),
+            seq,
+            syn,
+            ack,
+            fin: false,
+            rst: false,
+            payload,
+        }
+    }
+
+    #[test]
+    fn fast_open_data_in_the_syn_starts_the_stream_whole() {
+        let hello = [22u8, 3, 1, 0, 4, 1, 0, 0, 0];
+        let mut t = Tracker::new(vec![443], true);
+        let mut done = Vec::new();
+        let (c, s) = ("127.0.0.1:40000", "127.0.0.1:443");
+        t.segment(1, &seg(c, s, 1000, true, false, &hello), &mut done);
+        t.segment(2, &seg(s, c, 5000, true, true, &[]), &mut done);
+        let report = t.finish(3).pop().expect("one conversation");
+        let Some(events) = report.events else {
+            panic!("recorded")
+        };
+        assert_eq!(
+            events.first(),
+            Some(&Event::Data {
+                from: Party::Client,
+                ts_ns: 1,
+                bytes: hello.to_vec()
+            }),
+            "the ClientHello from its first byte"
+        );
     }
 }

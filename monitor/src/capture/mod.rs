@@ -62,9 +62,14 @@ pub enum CaptureError {
     )]
     NotRoot,
     #[error(
-        "the kernel has no BTF (/sys/kernel/btf/vmlinux missing): tlsmon needs a kernel >= 5.8 built with CONFIG_DEBUG_INFO_BTF"
+        "the kernel has no BTF (/sys/kernel/btf/vmlinux missing): tlsmon needs a kernel >= 5.12 built with CONFIG_DEBUG_INFO_BTF"
     )]
     NoBtf,
+    #[error("kernel {release} is too old: tlsmon needs Linux >= {MIN_KERNEL_TEXT} ({missing})")]
+    KernelTooOld {
+        release: String,
+        missing: &'static str,
+    },
     #[error("no cgroup v2 hierarchy is mounted and mounting one at {path} failed: {source}")]
     NoCgroup2 {
         path: PathBuf,
@@ -101,6 +106,8 @@ pub struct KernelCounters {
     pub flows_upgraded: u64,
     pub data_records: u64,
     pub parse_errors: u64,
+    /// Connections whose peer's first bytes went to a listener before the socket existed.
+    pub missed_start: u64,
 }
 
 /// Attached programs and their maps. Dropping it detaches everything.
@@ -162,9 +169,43 @@ fn cgroup2_root() -> Result<PathBuf, CaptureError> {
     Ok(path)
 }
 
+/// The oldest kernel the programs load on, and what each older one lacks.
+const MIN_KERNEL: (u32, u32) = (5, 12);
+const MIN_KERNEL_TEXT: &str = "5.12";
+
+/// What a kernel older than `MIN_KERNEL` lacks that tlsmon uses.
+fn missing_before(version: (u32, u32)) -> Option<&'static str> {
+    match version {
+        v if v < (5, 8) => Some("BPF ring buffers arrived in 5.8"),
+        v if v < (5, 11) => Some(
+            "socket storage from BTF tracepoints (tcp_rcv_space_adjust, inet_sock_set_state) arrived in 5.11",
+        ),
+        v if v < MIN_KERNEL => Some(
+            "fully ordered BPF atomics (xchg, fetch_add), used by the table of client owners, arrived in 5.12",
+        ),
+        _ => None,
+    }
+}
+
+/// "6.18.44-fc-v657" -> (6, 18).
+fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
 fn check_prerequisites() -> Result<(), CaptureError> {
     if EBPF_OBJECT.is_empty() {
         return Err(CaptureError::NoObject);
+    }
+    let release = kernel_release();
+    if let Some(missing) = kernel_version(&release).and_then(missing_before) {
+        return Err(CaptureError::KernelTooOld { release, missing });
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -313,14 +354,23 @@ impl Capture {
         }
     }
 
+    /// One kernel counter summed over CPUs.
+    fn counter(&self, idx: u32) -> u64 {
+        self.counters
+            .get(&idx, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// Ring records the kernel could not deliver, so far (one map read: cheap enough for
+    /// every drain).
+    pub fn ring_drops(&self) -> u64 {
+        self.counter(counter::RING_DROPS)
+    }
+
     /// Kernel counters summed over CPUs.
     pub fn counters(&self) -> KernelCounters {
-        let get = |idx: u32| -> u64 {
-            self.counters
-                .get(&idx, 0)
-                .map(|v| v.iter().sum())
-                .unwrap_or(0)
-        };
+        let get = |idx: u32| self.counter(idx);
         KernelCounters {
             ring_drops: get(counter::RING_DROPS),
             budget_truncated_bytes: get(counter::BUDGET_TRUNCATED),
@@ -329,6 +379,7 @@ impl Capture {
             flows_upgraded: get(counter::FLOWS_UPGRADED),
             data_records: get(counter::DATA_RECORDS),
             parse_errors: get(counter::PARSE_ERRORS),
+            missed_start: get(counter::MISSED_START),
         }
     }
 
@@ -364,4 +415,26 @@ fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, CaptureError>
         what: format!("map {name}"),
         source: "missing from the eBPF object".into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernels_older_than_5_12_are_refused_naming_what_they_lack() {
+        assert_eq!(kernel_version("6.18.44-fc-v657"), Some((6, 18)));
+        assert_eq!(kernel_version("5.10.0-28-amd64"), Some((5, 10)));
+        assert_eq!(kernel_version("garbage"), None);
+        assert_eq!(missing_before((6, 18)), None);
+        assert_eq!(missing_before((5, 12)), None);
+        assert!(missing_before((5, 11)).is_some_and(|m| m.contains("atomics")));
+        assert!(missing_before((5, 10)).is_some_and(|m| m.contains("5.11")));
+        assert!(missing_before((4, 19)).is_some_and(|m| m.contains("ring buffers")));
+        let e = CaptureError::KernelTooOld {
+            release: "5.10.0".into(),
+            missing: "x",
+        };
+        assert!(e.to_string().contains("needs Linux >= 5.12"), "{e}");
+    }
 }

@@ -110,6 +110,19 @@ pub fn status_text(v: &Value) -> String {
         n(v, "/capture/budget_truncated_bytes"),
         n(v, "/capture/flows_reported"),
     );
+    let incomplete = n(v, "/handshakes/capture_incomplete");
+    if incomplete > 0 {
+        let reasons: Vec<String> = v["handshakes"]["capture_incomplete_by_reason"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(reason, count)| format!("{reason} {}", count.as_u64().unwrap_or(0)))
+            .collect();
+        out.push_str(&format!(
+            "capture incomplete: {incomplete} connections not judged, the capture missed their bytes ({})\n",
+            reasons.join(", ")
+        ));
+    }
     for (title, key) in [("last 5 min", "last_5m"), ("last hour", "last_1h")] {
         let procs = v[key]["processes"].as_array().cloned().unwrap_or_default();
         if procs.is_empty() {

@@ -38,6 +38,10 @@ pub struct TraceRecord {
     /// Gaps in either stream (bytes the capture missed).
     pub holes: usize,
     pub truncated: bool,
+    /// The kernel lost records of this connection (ring full).
+    pub lost: bool,
+    /// The peer's first bytes went to a listener before the socket existed.
+    pub missed_start: bool,
     /// Hex of the reassembled streams (with `--with-bytes`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_to_server_hex: Option<String>,
@@ -92,6 +96,8 @@ impl TraceRecord {
             duration_ms: flow.last_ns.saturating_sub(flow.first_ns) as f64 / 1e6,
             holes,
             truncated: flow.truncated,
+            lost: flow.lost,
+            missed_start: flow.missed_start,
             client_to_server_hex: with_bytes.then(|| hex(flow.stream(c2s))),
             server_to_client_hex: with_bytes.then(|| hex(flow.stream(s2c))),
         }
@@ -222,6 +228,10 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<KernelCounters> {
                 printer.flow(&flow, name);
             }
         }
+        for flow in table.take_evicted() {
+            let name = processes.take(flow.cookie, flow.owner.as_ref());
+            printer.flow(&flow, name);
+        }
         for flow in table.expire(monotonic_ns()) {
             let name = processes.take(flow.cookie, flow.owner.as_ref());
             printer.flow(&flow, name);
@@ -273,6 +283,7 @@ mod tests {
             sample: false,
             mid_stream: false,
             truncated: false,
+            lost: false,
             seq: 5,
             stream_start: 5,
             segment_len: bytes.len() as u32,
@@ -298,6 +309,7 @@ mod tests {
                 cgroup_id: 1,
                 comm: "curl".into(),
             }),
+            missed_start: false,
         });
         // ClientHello header only (type 1, length 0) in a handshake record.
         t.apply(chunk(Direction::Egress, &[22, 3, 1, 0, 4, 1, 0, 0, 0]));
@@ -309,6 +321,7 @@ mod tests {
                 old: tcp_state::ESTABLISHED,
                 new: tcp_state::CLOSE_WAIT,
             },
+            lost: false,
         });
         let flow = t
             .apply(CaptureEvent::Lifecycle {
@@ -318,6 +331,7 @@ mod tests {
                     old: tcp_state::LAST_ACK,
                     new: tcp_state::CLOSE,
                 },
+                lost: false,
             })
             .unwrap();
         let p = ProcessInfo {

@@ -66,6 +66,11 @@ pub struct Handshakes {
     pub ok: u64,
     pub failed: u64,
     pub warnings: u64,
+    /// Connections whose capture missed what the outcome would rest on (never failures).
+    pub capture_incomplete: u64,
+    /// The same, by reason (`ring_loss`, `missing_start`, `hole`, `budget`, `evicted`,
+    /// `unknown_role`).
+    pub capture_incomplete_by_reason: std::collections::BTreeMap<&'static str, u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -145,11 +150,16 @@ async fn status(State(s): State<Arc<DaemonState>>) -> Response {
         probes: s.probes.lock().map(|p| p.clone()).unwrap_or_default(),
         capture: s.kernel.lock().map(|k| *k).unwrap_or_default(),
         open_connections: s.metrics.open_connections.get(),
-        handshakes: Handshakes {
-            judged: s.judged.load(Ordering::Relaxed),
-            ok: s.ok.load(Ordering::Relaxed),
-            failed: s.failed.load(Ordering::Relaxed),
-            warnings: s.warnings.load(Ordering::Relaxed),
+        handshakes: {
+            let incomplete = s.incomplete_by_reason();
+            Handshakes {
+                judged: s.judged.load(Ordering::Relaxed),
+                ok: s.ok.load(Ordering::Relaxed),
+                failed: s.failed.load(Ordering::Relaxed),
+                warnings: s.warnings.load(Ordering::Relaxed),
+                capture_incomplete: incomplete.values().sum(),
+                capture_incomplete_by_reason: incomplete,
+            }
         },
         alerts: s.alerts.load(Ordering::Relaxed),
         last_5m,

@@ -83,6 +83,8 @@ struct Daemon {
     writer: Writer,
     shared: Arc<DaemonState>,
     last_kernel: KernelCounters,
+    /// Ring drops already noted to the judge.
+    ring_drops_seen: u64,
 }
 
 impl Daemon {
@@ -105,7 +107,7 @@ impl Daemon {
             cap.add_tls_port(port);
             self.judge.add_tls_port(port);
         }
-        if !v.outcome.is_decided() {
+        if v.incomplete.is_none() && !v.outcome.is_decided() {
             return;
         }
         if !filters::admits(&self.cfg.filters, process.as_ref(), v.conn.as_ref()) {
@@ -113,6 +115,19 @@ impl Daemon {
             return;
         }
         let s = &self.shared;
+        if let Some(reason) = v.incomplete {
+            // The capture missed what the outcome would rest on: counted, never a failure.
+            s.count_incomplete(reason);
+            s.metrics
+                .handshakes
+                .get_or_create(&HandshakeLabels {
+                    outcome: "capture_incomplete".to_owned(),
+                    cause: reason.as_str().to_owned(),
+                    version: String::new(),
+                })
+                .inc();
+            return;
+        }
         s.judged.fetch_add(1, Ordering::Relaxed);
         let (cause, version) = match &v.outcome {
             HandshakeOutcome::Failed(d) => {
@@ -267,6 +282,12 @@ pub async fn run(cfg: Config, origin: Origin) -> anyhow::Result<()> {
             host: host.clone(),
         }),
     )?;
+    // The probes first: every connection tlsmon opens afterwards (MQTT) is seen at its
+    // connect() as its own, and never judged.
+    let mut cap = Capture::start(&capture_config(&cfg))?;
+    if let Ok(mut p) = shared.probes.lock() {
+        *p = cap.attached.iter().map(|s| s.to_string()).collect();
+    }
     let publisher = mqtt.map(|settings| {
         tracing::info!(broker = %settings.broker, topic = %settings.topics.events, "publishing to MQTT");
         Publisher::start(
@@ -278,10 +299,6 @@ pub async fn run(cfg: Config, origin: Origin) -> anyhow::Result<()> {
     });
     if let (Some(p), Ok(mut m)) = (&publisher, shared.mqtt.lock()) {
         *m = Some(p.stats.clone());
-    }
-    let mut cap = Capture::start(&capture_config(&cfg))?;
-    if let Ok(mut p) = shared.probes.lock() {
-        *p = cap.attached.iter().map(|s| s.to_string()).collect();
     }
     shared.ready.store(true, Ordering::Relaxed);
     tracing::info!(
@@ -309,8 +326,12 @@ pub async fn run(cfg: Config, origin: Origin) -> anyhow::Result<()> {
         writer,
         shared: shared.clone(),
         last_kernel: KernelCounters::default(),
+        ring_drops_seen: 0,
         cfg,
     };
+    // tlsmon's own connections (MQTT) are never judged, even when the kernel could not
+    // name them at connect().
+    d.judge.ignore_tgid(std::process::id());
     notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&format!(
@@ -337,11 +358,20 @@ pub async fn run(cfg: Config, origin: Origin) -> anyhow::Result<()> {
         let mono = monotonic_ns();
         d.judge.set_unix_offset(unix_ns() as i64 - mono as i64);
         cap.drain(&mut buf);
+        // Records lost by now may belong to any connection alive now.
+        let drops = cap.ring_drops();
+        if drops > d.ring_drops_seen {
+            d.ring_drops_seen = drops;
+            d.judge.note_ring_loss(mono);
+        }
         for rec in buf.drain(..) {
             match rec {
                 Ok(ev) => d.event(ev, &mut cap),
                 Err(e) => tracing::warn!(error = %e, "undecodable ring record"),
             }
+        }
+        for v in d.judge.take_evicted(mono) {
+            d.verdict(v, &mut cap);
         }
         if d.holder_fallback.due(mono) {
             let unowned = d

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use monitor_common::{
     CloseEvent, DataEvent, EventHeader, OpenEvent, OwnerEvent, close_reason, data_flags, direction,
-    kind, role,
+    kind, record_flags, role,
 };
 
 /// Which way bytes went, relative to the local socket.
@@ -83,12 +83,17 @@ pub enum CaptureEvent {
         ts_ns: u64,
         conn: ConnInfo,
         owner: Option<Task>,
+        /// The peer's first bytes reached a listener or request socket before this
+        /// connection's socket existed: the capture lacks them.
+        missed_start: bool,
     },
     Data(DataChunk),
     Lifecycle {
         cookie: u64,
         ts_ns: u64,
         what: Lifecycle,
+        /// The kernel could not deliver an earlier record of this connection.
+        lost: bool,
     },
     Owner {
         cookie: u64,
@@ -110,6 +115,8 @@ pub struct DataChunk {
     /// Capture began at a STARTTLS-style upgrade.
     pub mid_stream: bool,
     pub truncated: bool,
+    /// The kernel could not deliver an earlier record of this connection.
+    pub lost: bool,
     pub seq: u32,
     pub stream_start: u32,
     pub segment_len: u32,
@@ -188,10 +195,15 @@ fn task(o: &monitor_common::Task) -> Task {
     }
 }
 
+/// An address as the user knows it: an IPv4 peer of a dual-stack (AF_INET6) socket is
+/// `203.0.113.5`, not `::ffff:203.0.113.5`, everywhere tlsmon shows or keys it.
 fn addr(family: u16, raw: &[u8; 16], port: u16) -> Result<SocketAddr, DecodeError> {
     let ip = match family {
         2 => IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3])),
-        10 => IpAddr::V6(Ipv6Addr::from(*raw)),
+        10 => {
+            let v6 = Ipv6Addr::from(*raw);
+            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+        }
         f => return Err(DecodeError::Family(f)),
     };
     Ok(SocketAddr::new(ip, port))
@@ -218,6 +230,7 @@ pub fn decode(record: &[u8]) -> Result<CaptureEvent, DecodeError> {
                     socket_cgroup_id: e.socket_cgroup_id,
                 },
                 owner: (e.owner_known != 0).then(|| task(&e.owner)),
+                missed_start: h.flags & record_flags::MISSED_START != 0,
             })
         }
         kind::DATA => {
@@ -242,6 +255,7 @@ pub fn decode(record: &[u8]) -> Result<CaptureEvent, DecodeError> {
                 sample: h.flags & data_flags::SAMPLE != 0,
                 mid_stream: h.flags & data_flags::MID_STREAM != 0,
                 truncated: h.flags & data_flags::TRUNCATED != 0,
+                lost: h.flags & record_flags::LOST != 0,
                 seq: e.seq,
                 stream_start: e.stream_start,
                 segment_len: e.segment_len,
@@ -262,6 +276,7 @@ pub fn decode(record: &[u8]) -> Result<CaptureEvent, DecodeError> {
                 cookie: h.cookie,
                 ts_ns: h.ts_ns,
                 what,
+                lost: h.flags & record_flags::LOST != 0,
             })
         }
         kind::OWNER => {
@@ -373,5 +388,66 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(decode(&bytes_of(&h)), Err(DecodeError::UnknownKind(99)));
+    }
+
+    #[test]
+    fn an_ipv4_peer_of_a_dual_stack_socket_is_reported_as_ipv4() {
+        let mut mapped = [0u8; 16];
+        mapped[10] = 0xff;
+        mapped[11] = 0xff;
+        mapped[12..].copy_from_slice(&[203, 0, 113, 5]);
+        let mut local = mapped;
+        local[12..].copy_from_slice(&[127, 0, 0, 1]);
+        let ev = OpenEvent {
+            header: EventHeader {
+                kind: kind::OPEN,
+                flags: record_flags::MISSED_START,
+                cookie: 3,
+                ..Default::default()
+            },
+            family: 10,
+            local_port: 443,
+            peer_port: 51000,
+            role: role::SERVER,
+            local_addr: local,
+            peer_addr: mapped,
+            ..Default::default()
+        };
+        let CaptureEvent::Open {
+            conn, missed_start, ..
+        } = decode(&bytes_of(&ev)).unwrap()
+        else {
+            panic!("not open")
+        };
+        assert_eq!(conn.peer.to_string(), "203.0.113.5:51000");
+        assert_eq!(conn.local.to_string(), "127.0.0.1:443");
+        assert!(missed_start);
+        // A real IPv6 address stays one.
+        let v6 = OpenEvent {
+            local_addr: std::net::Ipv6Addr::LOCALHOST.octets(),
+            peer_addr: std::net::Ipv6Addr::LOCALHOST.octets(),
+            ..ev
+        };
+        let CaptureEvent::Open { conn, .. } = decode(&bytes_of(&v6)).unwrap() else {
+            panic!("not open")
+        };
+        assert_eq!(conn.peer.to_string(), "[::1]:51000");
+    }
+
+    #[test]
+    fn records_after_a_loss_say_so() {
+        let ev = CloseEvent {
+            header: EventHeader {
+                kind: kind::CLOSE,
+                flags: record_flags::LOST,
+                ..Default::default()
+            },
+            reason: close_reason::RESET_SENT,
+            ..Default::default()
+        };
+        assert!(matches!(
+            decode(&bytes_of(&ev)),
+            Ok(CaptureEvent::Lifecycle { lost: true, .. })
+        ));
     }
 }

@@ -9,4 +9,4 @@ pub mod table;
 pub mod tls_records;
 
 pub use capture_event::{CaptureEvent, ConnInfo, DataChunk, Direction, Lifecycle, Role, Task};
-pub use table::{CaptureKind, Flow, FlowLimits, FlowTable, Side};
+pub use table::{CaptureKind, Flow, FlowLimits, FlowTable, Incomplete, Side};

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use monitor_common::tcp_state;
+use monitor_common::{rules, tcp_state};
 
 use super::capture_event::{CaptureEvent, ConnInfo, DataChunk, Direction, Lifecycle, Role, Task};
 use super::reassembly::StreamReassembler;
@@ -30,6 +30,47 @@ pub struct Ending {
     pub closed: bool,
 }
 
+/// Why the bytes of a connection cannot carry its verdict: what the capture missed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Incomplete {
+    /// The kernel could not deliver some of its records (ring full).
+    RingLoss,
+    /// A stream lacks its first bytes (a first segment lost or reordered at the start, or
+    /// sent to a listener before the connection's socket existed).
+    MissingStart,
+    /// A stream has a gap after its start.
+    Hole,
+    /// The per-direction byte budget ended the capture before the handshake did.
+    Budget,
+    /// The flow table was full and the flow was pushed out before its end.
+    Evicted,
+    /// Neither the kernel nor the bytes told which end is the client.
+    UnknownRole,
+}
+
+impl Incomplete {
+    pub const ALL: [Incomplete; 6] = [
+        Incomplete::RingLoss,
+        Incomplete::MissingStart,
+        Incomplete::Hole,
+        Incomplete::Budget,
+        Incomplete::Evicted,
+        Incomplete::UnknownRole,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Incomplete::RingLoss => "ring_loss",
+            Incomplete::MissingStart => "missing_start",
+            Incomplete::Hole => "hole",
+            Incomplete::Budget => "budget",
+            Incomplete::Evicted => "evicted",
+            Incomplete::UnknownRole => "unknown_role",
+        }
+    }
+}
+
 /// What kind of capture the kernel did for the flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -53,6 +94,13 @@ pub struct Flow {
     /// Index: `Direction::index()`.
     pub streams: [Option<StreamReassembler>; 2],
     pub truncated: bool,
+    /// The kernel lost records of this flow.
+    pub lost: bool,
+    /// The kernel saw the connection only after the peer's first bytes went elsewhere.
+    pub missed_start: bool,
+    /// The role the bytes show (a ClientHello's sender is the client), for connections
+    /// the kernel could not give one.
+    inferred_role: Option<Role>,
     pub ending: Ending,
 }
 
@@ -67,12 +115,35 @@ impl Flow {
             last_ns: ts_ns,
             streams: [None, None],
             truncated: false,
+            lost: false,
+            missed_start: false,
+            inferred_role: None,
             ending: Ending::default(),
         }
     }
 
+    /// The local socket's role: the kernel's, else the one the bytes show, else unknown.
     pub fn role(&self) -> Role {
-        self.conn.as_ref().map_or(Role::Unknown, |c| c.role)
+        match self.conn.as_ref().map(|c| c.role) {
+            Some(r) if r != Role::Unknown => r,
+            _ => self.inferred_role.unwrap_or(Role::Unknown),
+        }
+    }
+
+    /// What the capture of this flow missed, judged from its bytes and flags (the
+    /// truncation by budget is judged with the outcome, by the caller).
+    pub fn incomplete(&self) -> Option<Incomplete> {
+        if self.lost {
+            return Some(Incomplete::RingLoss);
+        }
+        let holes: Vec<_> = self.streams.iter().flatten().map(|s| s.holes()).collect();
+        if self.missed_start || holes.iter().flatten().any(|h| h.start == 0) {
+            return Some(Incomplete::MissingStart);
+        }
+        if holes.iter().any(|h| !h.is_empty()) {
+            return Some(Incomplete::Hole);
+        }
+        None
     }
 
     /// The bytes of one direction, in order, without gaps.
@@ -100,9 +171,16 @@ impl Flow {
         };
         self.kind.get_or_insert(kind);
         self.truncated |= d.truncated;
+        self.lost |= d.lost;
         let s = self.streams[d.direction.index()]
             .get_or_insert_with(|| StreamReassembler::new(d.stream_start, limit));
         s.push(d.seq, &d.bytes);
+        if self.inferred_role.is_none() && starts_client_hello(s.contiguous()) {
+            self.inferred_role = Some(match d.direction {
+                Direction::Egress => Role::Client,
+                Direction::Ingress => Role::Server,
+            });
+        }
     }
 
     fn add_lifecycle(&mut self, what: Lifecycle) {
@@ -129,6 +207,15 @@ impl Flow {
             }
         }
     }
+}
+
+/// A stream that begins with a ClientHello (a TLS handshake record of type 1, or an
+/// SSLv2-compatible hello): the kernel's own test on a payload's first bytes.
+fn starts_client_hello(stream: &[u8]) -> bool {
+    let Some(head) = stream.first_chunk::<5>() else {
+        return false;
+    };
+    rules::looks_like_tls(head) && rules::starts_client_hello(head, stream.get(5).copied())
 }
 
 /// The FIN a socket state change reveals (RFC 793 state diagram): ours when we leave
@@ -173,6 +260,8 @@ impl Default for FlowLimits {
 pub struct FlowTable {
     flows: HashMap<u64, Flow>,
     limits: FlowLimits,
+    /// Flows pushed out to make room, waiting to be taken (`take_evicted`).
+    evicted: Vec<Flow>,
 }
 
 impl FlowTable {
@@ -180,7 +269,13 @@ impl FlowTable {
         FlowTable {
             flows: HashMap::new(),
             limits,
+            evicted: Vec::new(),
         }
+    }
+
+    /// The flows pushed out of a full table since the last call: their capture ends early.
+    pub fn take_evicted(&mut self) -> Vec<Flow> {
+        std::mem::take(&mut self.evicted)
     }
 
     pub fn len(&self) -> usize {
@@ -204,14 +299,15 @@ impl FlowTable {
         let cookie = ev.cookie();
         let ts = ev.ts_ns();
         if !self.flows.contains_key(&cookie) && self.flows.len() >= self.limits.max_flows {
-            // Make room: the least recently active flow is finished as it stands.
+            // Make room: the least recently active flow leaves, to be judged as it stands.
             if let Some(oldest) = self
                 .flows
                 .values()
                 .min_by_key(|f| f.last_ns)
                 .map(|f| f.cookie)
+                && let Some(flow) = self.flows.remove(&oldest)
             {
-                self.flows.remove(&oldest);
+                self.evicted.push(flow);
             }
         }
         let flow = self
@@ -220,15 +316,22 @@ impl FlowTable {
             .or_insert_with(|| Flow::new(cookie, ts));
         flow.last_ns = flow.last_ns.max(ts);
         match ev {
-            CaptureEvent::Open { conn, owner, .. } => {
+            CaptureEvent::Open {
+                conn,
+                owner,
+                missed_start,
+                ..
+            } => {
                 flow.conn = Some(conn);
+                flow.missed_start |= missed_start;
                 if owner.is_some() {
                     flow.owner = owner;
                 }
             }
             CaptureEvent::Owner { owner, .. } => flow.owner = Some(owner),
             CaptureEvent::Data(d) => flow.add_data(&d, self.limits.bytes_per_direction),
-            CaptureEvent::Lifecycle { what, .. } => {
+            CaptureEvent::Lifecycle { what, lost, .. } => {
+                flow.lost |= lost;
                 flow.add_lifecycle(what);
                 if flow.ending.closed {
                     return self.flows.remove(&cookie);
@@ -276,6 +379,7 @@ mod tests {
             sample: false,
             mid_stream: false,
             truncated: false,
+            lost: false,
             seq,
             stream_start: 1000,
             segment_len: bytes.len() as u32,
@@ -288,6 +392,7 @@ mod tests {
             cookie,
             ts_ns: ts,
             what: Lifecycle::State { old, new },
+            lost: false,
         }
     }
 
@@ -348,6 +453,7 @@ mod tests {
             cookie: 2,
             ts_ns: 2,
             what: Lifecycle::ResetReceived,
+            lost: false,
         });
         let f = t
             .apply(state(2, 3, tcp_state::ESTABLISHED, tcp_state::CLOSE))
@@ -382,5 +488,75 @@ mod tests {
         t.apply(data(3, 20, Direction::Egress, 1000, b"a"));
         assert_eq!(t.len(), 2);
         assert!(t.get(2).is_none());
+    }
+
+    #[test]
+    fn the_client_hellos_direction_gives_a_role_the_kernel_could_not() {
+        let mut t = FlowTable::new(FlowLimits::default());
+        t.apply(data(
+            1,
+            1,
+            Direction::Ingress,
+            1000,
+            &[22, 3, 1, 0, 4, 1, 0, 0, 0],
+        ));
+        assert_eq!(t.get(1).map(Flow::role), Some(Role::Server));
+        t.apply(data(2, 1, Direction::Egress, 1000, &[22, 3, 1, 0, 4]));
+        assert_eq!(
+            t.get(2).map(Flow::role),
+            Some(Role::Unknown),
+            "the message type is not there yet"
+        );
+        t.apply(data(2, 2, Direction::Egress, 1005, &[1, 0, 0, 0]));
+        assert_eq!(t.get(2).map(Flow::role), Some(Role::Client));
+        t.apply(data(
+            3,
+            1,
+            Direction::Egress,
+            1000,
+            &[22, 3, 3, 0, 4, 2, 0, 0, 0],
+        ));
+        assert_eq!(
+            t.get(3).map(Flow::role),
+            Some(Role::Unknown),
+            "a ServerHello"
+        );
+    }
+
+    #[test]
+    fn gaps_and_losses_make_a_flow_incomplete() {
+        let mut t = FlowTable::new(FlowLimits::default());
+        t.apply(data(1, 1, Direction::Egress, 1000, b"abc"));
+        assert_eq!(t.get(1).and_then(Flow::incomplete), None);
+        t.apply(data(1, 2, Direction::Egress, 1010, b"xyz"));
+        assert_eq!(t.get(1).and_then(Flow::incomplete), Some(Incomplete::Hole));
+        t.apply(data(2, 1, Direction::Ingress, 1005, b"late"));
+        assert_eq!(
+            t.get(2).and_then(Flow::incomplete),
+            Some(Incomplete::MissingStart)
+        );
+        let CaptureEvent::Data(mut lost) = data(3, 1, Direction::Egress, 1000, b"abc") else {
+            unreachable!()
+        };
+        lost.lost = true;
+        t.apply(CaptureEvent::Data(lost));
+        assert_eq!(
+            t.get(3).and_then(Flow::incomplete),
+            Some(Incomplete::RingLoss)
+        );
+    }
+
+    #[test]
+    fn an_evicted_flow_is_kept_for_its_verdict() {
+        let limits = FlowLimits {
+            max_flows: 1,
+            ..FlowLimits::default()
+        };
+        let mut t = FlowTable::new(limits);
+        t.apply(data(1, 10, Direction::Egress, 1000, b"a"));
+        t.apply(data(2, 20, Direction::Egress, 1000, b"b"));
+        let evicted = t.take_evicted();
+        assert_eq!(evicted.iter().map(|f| f.cookie).collect::<Vec<_>>(), [1]);
+        assert!(t.take_evicted().is_empty());
     }
 }

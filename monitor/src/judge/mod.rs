@@ -12,8 +12,8 @@ use monitor_common::tcp_state;
 
 use crate::{
     flow::{
-        CaptureEvent, CaptureKind, ConnInfo, Direction, Flow, FlowLimits, FlowTable, Lifecycle,
-        Role, Side, Task,
+        CaptureEvent, CaptureKind, ConnInfo, Direction, Flow, FlowLimits, FlowTable, Incomplete,
+        Lifecycle, Role, Side, Task,
     },
     handshake::{Cause, CloseKind, Connection, ConnectionMeta, HandshakeOutcome, Party},
 };
@@ -32,6 +32,10 @@ pub struct Verdict {
     pub first_unix_ns: u64,
     /// Decided while the connection was still open: the kernel can stop capturing it.
     pub early: bool,
+    /// The capture missed what the outcome would rest on: the outcome is not a verdict
+    /// (never a failure, never an alert). `None` when the bytes settle it anyway (a
+    /// completed handshake, a readable alert, plaintext where TLS was due).
+    pub incomplete: Option<Incomplete>,
 }
 
 /// What the core has been fed of one flow.
@@ -54,6 +58,11 @@ pub struct Judge {
     idle_ns: u64,
     /// unix ns = monotonic ns + offset.
     unix_offset_ns: i64,
+    /// Connections of this process (tlsmon's own: MQTT, probes) are never judged.
+    own_tgid: Option<u32>,
+    /// Monotonic time by which the kernel had lost ring records: connections alive then
+    /// may lack some of theirs.
+    ring_loss_ns: Option<u64>,
 }
 
 impl Judge {
@@ -65,7 +74,25 @@ impl Judge {
             judged: HashMap::new(),
             tls_ports,
             unix_offset_ns: 0,
+            own_tgid: None,
+            ring_loss_ns: None,
         }
+    }
+
+    /// Connections owned by `tgid` (tlsmon's own process) are dropped without a verdict.
+    pub fn ignore_tgid(&mut self, tgid: u32) {
+        self.own_tgid = Some(tgid);
+    }
+
+    /// The kernel reported lost ring records by monotonic time `mono_ns`: a connection alive
+    /// then whose outcome is not settled by its bytes is `Incomplete::RingLoss`.
+    pub fn note_ring_loss(&mut self, mono_ns: u64) {
+        self.ring_loss_ns = Some(mono_ns);
+    }
+
+    fn own(&self, flow: &Flow) -> bool {
+        self.own_tgid
+            .is_some_and(|me| flow.owner.as_ref().is_some_and(|o| o.tgid == me))
     }
 
     /// Sets the offset that turns kernel (monotonic) times into unix times.
@@ -102,11 +129,21 @@ impl Judge {
         let ts = ev.ts_ns();
         let offset = self.unix_offset_ns;
         if let Some(flow) = self.table.apply(ev) {
+            if self.own(&flow) {
+                self.fed.remove(&cookie);
+                return None;
+            }
             feed(&mut self.fed, &self.tls_ports, offset, &flow, ts);
             let fed = self.fed.remove(&cookie);
             return Some(self.verdict(&flow, fed, ts, false));
         }
         let flow = self.table.get(cookie)?;
+        if self.own(flow) {
+            self.table.remove(cookie);
+            self.fed.remove(&cookie);
+            self.judged.insert(cookie, ts);
+            return None;
+        }
         let fed = feed(&mut self.fed, &self.tls_ports, offset, flow, ts)?;
         // A server's socket is named by the first read of its process, which can come after
         // the bytes that settle the outcome (plaintext sent to a TLS port): wait for the name,
@@ -131,6 +168,19 @@ impl Judge {
             .collect()
     }
 
+    /// The connections pushed out of a full flow table since the last call, judged as
+    /// they stand: `Incomplete::Evicted` unless their bytes already settle them.
+    pub fn take_evicted(&mut self, now_mono_ns: u64) -> Vec<Verdict> {
+        let flows = self.table.take_evicted();
+        let mut out = self.finish_all(flows, now_mono_ns);
+        for v in &mut out {
+            if v.incomplete.is_some() || !conclusive(&v.outcome) {
+                v.incomplete = Some(Incomplete::Evicted);
+            }
+        }
+        out
+    }
+
     /// Judges the connections idle since `now_mono_ns - idle` as they stand.
     pub fn expire(&mut self, now_mono_ns: u64) -> Vec<Verdict> {
         let idle = self.idle_ns;
@@ -150,9 +200,9 @@ impl Judge {
     fn finish_all(&mut self, flows: Vec<Flow>, now_mono_ns: u64) -> Vec<Verdict> {
         flows
             .into_iter()
-            .map(|flow| {
+            .filter_map(|flow| {
                 let fed = self.fed.remove(&flow.cookie);
-                self.verdict(&flow, fed, now_mono_ns, false)
+                (!self.own(&flow)).then(|| self.verdict(&flow, fed, now_mono_ns, false))
             })
             .collect()
     }
@@ -163,9 +213,22 @@ impl Judge {
                 HandshakeOutcome::Undecided => f.conn.finish(self.unix(now_mono_ns)),
                 o => o,
             },
-            // Events but no bytes (an owner or close without data): nothing to judge.
+            // Events but no bytes (an owner or close without data), or bytes whose sender is
+            // unknown: nothing to judge.
             None => HandshakeOutcome::Undecided,
         };
+        let has_bytes = flow.streams.iter().any(Option::is_some);
+        let missed = if flow.role() == Role::Unknown && has_bytes {
+            Some(Incomplete::UnknownRole)
+        } else {
+            flow.incomplete()
+                .or(flow.truncated.then_some(Incomplete::Budget))
+                .or(self
+                    .ring_loss_ns
+                    .filter(|t| *t >= flow.first_ns)
+                    .map(|_| Incomplete::RingLoss))
+        };
+        let incomplete = missed.filter(|_| !conclusive(&outcome));
         Verdict {
             cookie: flow.cookie,
             conn: flow.conn.clone(),
@@ -175,8 +238,15 @@ impl Judge {
             truncated: flow.truncated,
             first_unix_ns: self.unix(flow.first_ns),
             early,
+            incomplete,
         }
     }
+}
+
+/// An outcome the captured bytes settle even when the capture missed others: a completed
+/// handshake, a settled failure (a readable alert, plaintext where TLS was due), no TLS.
+fn conclusive(o: &HandshakeOutcome) -> bool {
+    matches!(o, HandshakeOutcome::Completed(_)) || settled(o)
 }
 
 /// An outcome that nothing later on the connection can change, so it can be given before
@@ -209,6 +279,10 @@ fn feed<'a>(
 ) -> Option<&'a mut Fed> {
     let has_bytes = flow.streams.iter().any(Option::is_some);
     if !has_bytes && !all.contains_key(&flow.cookie) {
+        return None;
+    }
+    // Which end sent which bytes is not known yet: wait (a ClientHello will tell).
+    if flow.role() == Role::Unknown {
         return None;
     }
     let ts = to_unix(ts_mono, offset_ns);
@@ -259,7 +333,8 @@ fn feed<'a>(
     Some(fed)
 }
 
-/// The TLS party that sent the bytes of direction `d` of a local socket with role `role`.
+/// The TLS party that sent the bytes of direction `d` of a local socket with role `role`
+/// (`feed` never asks for an unknown role).
 fn party(role: Role, d: Direction) -> Party {
     match (role, d) {
         (Role::Server, Direction::Egress) | (Role::Client | Role::Unknown, Direction::Ingress) => {
@@ -282,180 +357,4 @@ fn is_final_close(ev: &CaptureEvent) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::flow::DataChunk;
-
-    const COOKIE: u64 = 7;
-
-    fn open(role: Role, local: &str, peer: &str) -> CaptureEvent {
-        CaptureEvent::Open {
-            cookie: COOKIE,
-            ts_ns: 1_000,
-            conn: ConnInfo {
-                role,
-                local: local.parse().unwrap(),
-                peer: peer.parse().unwrap(),
-                socket_cgroup_id: 1,
-            },
-            // As the kernel reports them: clients are named at connect, servers later.
-            owner: (role == Role::Client).then(|| owner("curl")),
-        }
-    }
-
-    fn owner(comm: &str) -> Task {
-        Task {
-            tgid: 42,
-            pid: 42,
-            cgroup_id: 1,
-            comm: comm.into(),
-        }
-    }
-
-    fn data(d: Direction, seq: u32, bytes: &[u8], sample: bool) -> CaptureEvent {
-        CaptureEvent::Data(DataChunk {
-            cookie: COOKIE,
-            ts_ns: 2_000 + u64::from(seq),
-            direction: d,
-            tls: !sample,
-            sample,
-            mid_stream: false,
-            truncated: false,
-            seq,
-            stream_start: 100,
-            segment_len: bytes.len() as u32,
-            bytes: bytes.to_vec(),
-        })
-    }
-
-    fn state(old: u8, new: u8) -> CaptureEvent {
-        CaptureEvent::Lifecycle {
-            cookie: COOKIE,
-            ts_ns: 9_000,
-            what: Lifecycle::State { old, new },
-        }
-    }
-
-    #[test]
-    fn a_fatal_alert_is_judged_at_once_and_the_close_after_it_is_dropped() {
-        let mut j = Judge::new(FlowLimits::default(), vec![8443]);
-        j.set_unix_offset(1_700_000_000_000_000_000);
-        assert!(
-            j.apply(open(Role::Client, "127.0.0.1:40000", "127.0.0.1:8443"))
-                .is_none()
-        );
-        // A minimal ClientHello header is enough to reach the client_hello stage.
-        assert!(
-            j.apply(data(
-                Direction::Egress,
-                100,
-                &[22, 3, 1, 0, 4, 1, 0, 0, 0],
-                false
-            ))
-            .is_none()
-        );
-        let v = j
-            .apply(data(
-                Direction::Ingress,
-                100,
-                &[21, 3, 3, 0, 2, 2, 70],
-                false,
-            ))
-            .expect("decided by the alert");
-        assert!(v.early);
-        let d = v.outcome.diagnosis().expect("failed");
-        assert_eq!(d.cause, Cause::ProtocolVersionMismatch);
-        assert_eq!(d.alert.as_ref().map(|a| a.sender), Some(Party::Server));
-        assert_eq!(v.first_unix_ns, 1_700_000_000_000_001_000);
-        assert_eq!(j.open_connections(), 0);
-        assert!(
-            j.apply(state(tcp_state::ESTABLISHED, tcp_state::CLOSE_WAIT))
-                .is_none()
-        );
-        assert!(
-            j.apply(state(tcp_state::LAST_ACK, tcp_state::CLOSE))
-                .is_none()
-        );
-        assert!(j.judged.is_empty(), "forgotten at TCP_CLOSE");
-    }
-
-    #[test]
-    fn server_side_roles_are_mapped_and_plaintext_on_a_tls_port_fails() {
-        let mut j = Judge::new(FlowLimits::default(), vec![]);
-        let verdicts: Vec<Verdict> = [
-            open(Role::Server, "127.0.0.1:8443", "127.0.0.1:40000"),
-            data(
-                Direction::Ingress,
-                100,
-                b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
-                true,
-            ),
-            state(tcp_state::ESTABLISHED, tcp_state::CLOSE_WAIT),
-            state(tcp_state::LAST_ACK, tcp_state::CLOSE),
-        ]
-        .into_iter()
-        .filter_map(|e| j.apply(e))
-        .collect();
-        assert_eq!(verdicts.len(), 1, "one verdict per connection");
-        let v = &verdicts[0];
-        let d = v.outcome.diagnosis().expect("failed");
-        assert_eq!(d.cause, Cause::PlaintextToTlsPort);
-    }
-
-    #[test]
-    fn a_settled_server_side_waits_for_its_process_name() {
-        let mut j = Judge::new(FlowLimits::default(), vec![8443]);
-        j.apply(open(Role::Server, "127.0.0.1:8443", "127.0.0.1:40000"));
-        // The plaintext settles the outcome before the server process has read anything.
-        assert!(
-            j.apply(data(Direction::Ingress, 100, b"GET / HTTP/1.1\r\n", true))
-                .is_none()
-        );
-        let v = j
-            .apply(CaptureEvent::Owner {
-                cookie: COOKIE,
-                ts_ns: 3_000,
-                owner: owner("nginx"),
-            })
-            .expect("judged once named");
-        assert!(v.early);
-        assert_eq!(v.owner.map(|o| o.comm).as_deref(), Some("nginx"));
-        assert_eq!(
-            v.outcome.diagnosis().map(|d| d.cause),
-            Some(Cause::PlaintextToTlsPort)
-        );
-    }
-
-    #[test]
-    fn a_silent_handshake_is_judged_when_idle() {
-        let limits = FlowLimits {
-            idle_ns: 1_000_000,
-            ..FlowLimits::default()
-        };
-        let mut j = Judge::new(limits, vec![8443]);
-        j.apply(open(Role::Client, "127.0.0.1:40000", "127.0.0.1:8443"));
-        j.apply(data(
-            Direction::Egress,
-            100,
-            &[22, 3, 1, 0, 4, 1, 0, 0, 0],
-            false,
-        ));
-        assert!(j.expire(500_000).is_empty());
-        let v = j.expire(5_000_000_000).pop().expect("expired");
-        assert!(!v.early);
-        assert_eq!(
-            v.outcome.diagnosis().map(|d| d.cause),
-            Some(Cause::HandshakeTimeout)
-        );
-    }
-
-    #[test]
-    fn events_without_bytes_give_no_judgement() {
-        let mut j = Judge::new(FlowLimits::default(), vec![]);
-        j.apply(open(Role::Client, "127.0.0.1:40000", "127.0.0.1:9"));
-        let v = j
-            .apply(state(tcp_state::ESTABLISHED, tcp_state::CLOSE))
-            .expect("finished");
-        assert!(!v.outcome.is_decided());
-    }
-}
+mod tests;

@@ -9,12 +9,12 @@ use std::{
     path::PathBuf,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Instant,
 };
 
-use crate::capture::KernelCounters;
+use crate::{capture::KernelCounters, flow::Incomplete};
 pub use metrics::Metrics;
 
 /// The daemon's shared counters and flags.
@@ -33,6 +33,9 @@ pub struct DaemonState {
     pub config: String,
     /// The MQTT publisher's health, when one runs.
     pub mqtt: Mutex<Option<Arc<MqttHealth>>>,
+    /// Connections whose capture missed what their outcome would rest on, by reason
+    /// (index: `Incomplete::ALL`).
+    pub incomplete: [AtomicU64; Incomplete::ALL.len()],
 }
 
 impl DaemonState {
@@ -51,7 +54,24 @@ impl DaemonState {
             db,
             config,
             mqtt: Mutex::new(None),
+            incomplete: Default::default(),
         }
+    }
+
+    pub fn count_incomplete(&self, reason: Incomplete) {
+        if let Some(i) = Incomplete::ALL.iter().position(|r| *r == reason) {
+            self.incomplete[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Connections with an incomplete capture, by reason (reasons never seen left out).
+    pub fn incomplete_by_reason(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        Incomplete::ALL
+            .iter()
+            .zip(&self.incomplete)
+            .map(|(r, n)| (r.as_str(), n.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 }
 
