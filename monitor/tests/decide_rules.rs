@@ -410,7 +410,23 @@ fn rule_tls13_alert_sized_client_record_instead_of_finished() {
     assert_eq!(
         f.rule,
         Rule::Tls13ClientAlertBeforeFinished {
-            sni: Some("localhost".into())
+            sni: Some("localhost".into()),
+            record_len: 19
+        }
+    );
+}
+
+#[test]
+fn rule_tls13_short_client_record_and_no_finished_is_a_padded_alert() {
+    // Java pads its encrypted alert to 35 bytes: shorter than any Finished (53), and no
+    // Finished follows.
+    let f = finding("tls13_encrypted_alert_java_client");
+    assert!(f.inferred);
+    assert_eq!(
+        f.rule,
+        Rule::Tls13ClientAlertBeforeFinished {
+            sni: None,
+            record_len: 35
         }
     );
 }

@@ -298,6 +298,12 @@ impl FlowTable {
     pub fn apply(&mut self, ev: CaptureEvent) -> Option<Flow> {
         let cookie = ev.cookie();
         let ts = ev.ts_ns();
+        // A close or reset of a connection not (or no longer) in the table: a RST the kernel
+        // sends after TCP_CLOSE, or the end of a flow whose other records were lost. Nothing
+        // to judge; a new flow would be a phantom.
+        if matches!(ev, CaptureEvent::Lifecycle { .. }) && !self.flows.contains_key(&cookie) {
+            return None;
+        }
         if !self.flows.contains_key(&cookie) && self.flows.len() >= self.limits.max_flows {
             // Make room: the least recently active flow leaves, to be judged as it stands.
             if let Some(oldest) = self
@@ -429,6 +435,7 @@ mod tests {
     fn both_fins_are_read_from_state_changes_in_either_order() {
         use tcp_state::*;
         let mut t = FlowTable::new(FlowLimits::default());
+        t.apply(data(1, 0, Direction::Egress, 1000, b"a"));
         t.apply(state(1, 1, ESTABLISHED, FIN_WAIT1));
         t.apply(state(1, 2, FIN_WAIT1, FIN_WAIT2));
         let f = t.apply(state(1, 3, FIN_WAIT2, CLOSE)).unwrap();
@@ -436,6 +443,7 @@ mod tests {
             (f.ending.first_fin, f.ending.second_fin),
             (Some(Side::Local), Some(Side::Peer))
         );
+        t.apply(data(2, 0, Direction::Egress, 1000, b"a"));
         t.apply(state(2, 1, ESTABLISHED, CLOSE_WAIT));
         t.apply(state(2, 2, CLOSE_WAIT, LAST_ACK));
         let f = t.apply(state(2, 3, LAST_ACK, CLOSE)).unwrap();
@@ -544,6 +552,29 @@ mod tests {
             t.get(3).and_then(Flow::incomplete),
             Some(Incomplete::RingLoss)
         );
+    }
+
+    #[test]
+    fn a_close_of_a_connection_not_in_the_table_starts_no_phantom_flow() {
+        let mut t = FlowTable::new(FlowLimits::default());
+        assert!(
+            t.apply(state(9, 1, tcp_state::ESTABLISHED, tcp_state::CLOSE))
+                .is_none()
+        );
+        assert!(t.is_empty());
+        // Nor does a reset the kernel sends after the flow's TCP_CLOSE.
+        t.apply(data(1, 1, Direction::Egress, 1000, b"a"));
+        assert!(
+            t.apply(state(1, 2, tcp_state::FIN_WAIT2, tcp_state::CLOSE))
+                .is_some()
+        );
+        t.apply(CaptureEvent::Lifecycle {
+            cookie: 1,
+            ts_ns: 3,
+            what: Lifecycle::ResetSent,
+            lost: false,
+        });
+        assert!(t.is_empty());
     }
 
     #[test]

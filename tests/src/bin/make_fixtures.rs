@@ -394,6 +394,13 @@ fn scenarios() -> Vec<Scenario> {
             inferred("tls13_encrypted_alert", C, "encrypted_extensions"),
         ),
         sc(
+            "tls13_encrypted_alert_java_client",
+            "a Java client (default trust store, IPv6 socket to 127.0.0.1) rejects the test CA's chain; Java pads its encrypted alert to 35 bytes",
+            srv!("good", ""),
+            "java {fixtures}/TlsClient.java 127.0.0.1 {port}",
+            inferred("tls13_encrypted_alert", C, "encrypted_extensions"),
+        ),
+        sc(
             "protocol_version_nginx",
             "nginx restricted to TLS 1.3, curl limited to TLS 1.2",
             "{fixtures}/nginx_tls.sh {pki} {port} TLSv1.3",
@@ -534,11 +541,17 @@ fn main() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(200));
         stop_tcpdump(dump);
         let e = &sc.expect;
+        // What ran, without this machine's paths.
+        let shown = |argv: &[String]| {
+            argv.join(" ")
+                .replace(&pki.path().display().to_string(), "$PKI")
+                .replace(&fixtures.display().to_string(), "$FIXTURES")
+        };
         let doc = json!({
             "name": sc.name,
             "what": sc.what,
-            "server": server.join(" ").replace(&pki.path().display().to_string(), "$PKI"),
-            "client": client.join(" ").replace(&pki.path().display().to_string(), "$PKI"),
+            "server": shown(&server),
+            "client": shown(&client),
             "client_exit_ok": client_ok,
             "port": port,
             "tls_port": sc.tls_port,

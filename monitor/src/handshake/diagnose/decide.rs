@@ -312,10 +312,13 @@ impl Decider<'_> {
     fn tls13(&self) -> Option<Decision> {
         let f = self.f;
         let r = Tls13Records::of(f);
-        if r.client_alert_before_finished.is_some() {
+        if let Some(record_len) = r.client_alert_before_finished {
             let mut found = Finding::new(
                 Cause::Tls13EncryptedAlert,
-                Rule::Tls13ClientAlertBeforeFinished { sni: self.sni() },
+                Rule::Tls13ClientAlertBeforeFinished {
+                    sni: self.sni(),
+                    record_len,
+                },
             );
             found.inferred = true;
             found.alert = Some(AlertInfo::encrypted(Party::Client, None));

@@ -241,9 +241,8 @@ pub fn sentence(rule: &Rule) -> String {
             from.as_str(),
             alert_name(*code)
         ),
-        Tls13ClientAlertBeforeFinished { sni } => format!(
-            "the client sent an encrypted alert instead of its Finished (inferred from a {}-byte record): it rejected the server's flight, most likely the certificate{}; TLS 1.3 hides which alert",
-            super::tls13::TLS13_ALERT_LEN,
+        Tls13ClientAlertBeforeFinished { sni, record_len } => format!(
+            "the client sent an encrypted alert instead of its Finished (inferred from a {record_len}-byte record): it rejected the server's flight, most likely the certificate{}; TLS 1.3 hides which alert",
             sni_phrase(sni.as_deref())
         ),
         Tls13ServerAlertAfterFinished {

@@ -190,8 +190,12 @@ pub enum Rule {
     },
 
     // ---- TLS 1.3, inferred from record sizes ----------------------------------------------
-    /// A 19-byte client record where its Finished was due.
-    Tls13ClientAlertBeforeFinished { sni: Option<String> },
+    /// A client record shorter than any Finished (19 bytes, or padded: Java 35) where its
+    /// Finished was due.
+    Tls13ClientAlertBeforeFinished {
+        sni: Option<String>,
+        record_len: usize,
+    },
     /// One alert-sized server record after the client's Finished, then a close.
     Tls13ServerAlertAfterFinished {
         client_flight_bytes: usize,

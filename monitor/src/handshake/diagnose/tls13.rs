@@ -10,6 +10,11 @@ use crate::handshake::{
 /// An encrypted TLS 1.3 alert record: 2 bytes alert + 1 byte content type + 16 byte AEAD
 /// tag (RFC 8446 §5.2), with no padding (what OpenSSL, BoringSSL, rustls and Go send).
 pub const TLS13_ALERT_LEN: usize = 19;
+/// The smallest client Finished record: verify_data as long as the smallest suite hash
+/// (SHA-256, 32 bytes) + 4 header + 1 type + 16 tag. A shorter client record where the
+/// Finished is due, with no Finished after it, is an alert, padded or not (Java pads its
+/// alert to 35 bytes).
+pub(super) const MIN_FINISHED_RECORD: usize = 32 + 4 + 1 + 16;
 /// The smallest TLS 1.3 Finished record: 32-byte verify_data + 4 header + 1 + 16 tag.
 /// A client flight above this carried a certificate (an empty Certificate plus Finished
 /// is under 100 bytes).
@@ -34,8 +39,9 @@ pub(crate) fn tls13_stage(f: &mut Facts) {
 #[derive(Debug, Default)]
 pub(super) struct Tls13Records {
     pub(super) server_flight_bytes: usize,
-    /// A 19-byte client record before its Finished: the client aborted.
-    pub(super) client_alert_before_finished: Option<u64>,
+    /// Size of a client record shorter than any Finished, sent where its Finished was
+    /// due: the client aborted with an (encrypted) alert.
+    pub(super) client_alert_before_finished: Option<usize>,
     /// Index and time of the client's first record that is not an alert (its Finished).
     pub(super) client_finished: Option<(usize, u64)>,
     pub(super) client_flight_bytes: usize,
@@ -59,8 +65,13 @@ impl Tls13Records {
                     s.server_after_client_finished
                         .get_or_insert((r.len, r.ts_ns));
                 }
-                (Party::Client, None) if r.len == TLS13_ALERT_LEN => {
-                    s.client_alert_before_finished.get_or_insert(r.ts_ns);
+                // 19 bytes is an alert; a record shorter than any Finished is one too when
+                // no Finished follows (else it may be an empty Certificate: 25 bytes).
+                (Party::Client, None)
+                    if r.len == TLS13_ALERT_LEN
+                        || (r.len < MIN_FINISHED_RECORD && finished.is_none()) =>
+                {
+                    s.client_alert_before_finished.get_or_insert(r.len);
                 }
                 (Party::Client, None) => {
                     s.client_flight_bytes += r.len;
