@@ -80,7 +80,7 @@ fn own_ticks() -> u64 {
     proc_usage(std::process::id()).map_or(0, |u| u.0)
 }
 
-fn http_get(endpoint: SocketAddr, path: &str) -> Option<String> {
+pub fn http_get(endpoint: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&endpoint, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;

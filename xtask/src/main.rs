@@ -14,6 +14,7 @@ mod bench_analyze;
 mod bench_capture;
 mod bench_daemon;
 mod bench_mqtt;
+mod bpf_stats;
 mod layout;
 use clap::{Parser, Subcommand};
 

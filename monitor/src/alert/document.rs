@@ -11,7 +11,7 @@ use crate::{
     clock::rfc3339,
     config::Host,
     flow::Role,
-    handshake::{AlertInfo, HandshakeOutcome, certs::CertSummary},
+    handshake::{AlertInfo, Completed, HandshakeOutcome, certs::CertSummary},
     judge::Verdict,
 };
 
@@ -148,6 +148,22 @@ pub struct WeakPolicy {
     pub expiry_warning_days: i64,
 }
 
+impl WeakPolicy {
+    fn legacy(self, c: &Completed) -> bool {
+        self.warn_legacy_versions && c.selected.version <= 0x0302
+    }
+
+    fn expiring(self, c: &Completed) -> Option<i64> {
+        c.leaf_expires_in_days
+            .filter(|d| *d <= self.expiry_warning_days)
+    }
+
+    /// The completed handshake is weak under this policy (a warning event).
+    pub fn applies(self, c: &Completed) -> bool {
+        self.legacy(c) || self.expiring(c).is_some()
+    }
+}
+
 /// The event for a verdict, or `None` when the verdict is a plain success or not TLS.
 pub fn from_verdict(
     v: &Verdict,
@@ -155,6 +171,12 @@ pub fn from_verdict(
     host: &Host,
     weak: WeakPolicy,
 ) -> Option<Event> {
+    // Most verdicts make no event: decide that before building one.
+    match &v.outcome {
+        HandshakeOutcome::Failed(_) => {}
+        HandshakeOutcome::Completed(c) if weak.applies(c) => {}
+        _ => return None,
+    }
     let role = v.conn.as_ref().map_or(Role::Unknown, |c| c.role);
     let process = process.map(ProcessRef::from_info);
     let local = v.conn.as_ref().map(|c| Endpoint::from(c.local));
@@ -198,10 +220,8 @@ pub fn from_verdict(
             d.message.clone()
         }
         HandshakeOutcome::Completed(c) => {
-            let legacy = weak.warn_legacy_versions && c.selected.version <= 0x0302;
-            let expiring = c
-                .leaf_expires_in_days
-                .filter(|d| *d <= weak.expiry_warning_days);
+            let legacy = weak.legacy(c);
+            let expiring = weak.expiring(c);
             ev.sni = c.offered.as_ref().and_then(|o| o.server_name.clone());
             ev.tls = tls_facts(c.offered.as_ref(), Some(&c.selected));
             ev.certificate = c.server_certificates.first().cloned();

@@ -117,6 +117,8 @@ pub struct Capture {
     counters: PerCpuArray<MapData, u64>,
     tls_ports: Array<MapData, u8>,
     stop: HashMap<MapData, u64, u8>,
+    /// Ports already set in `tls_ports`.
+    known_tls_ports: std::collections::HashSet<u16>,
     /// Names of the attached programs, for status output.
     pub attached: Vec<&'static str>,
 }
@@ -343,6 +345,7 @@ impl Capture {
             counters,
             tls_ports,
             stop,
+            known_tls_ports: cfg.tls_ports.iter().copied().collect(),
             attached,
         })
     }
@@ -385,6 +388,10 @@ impl Capture {
 
     /// Marks a port as speaking TLS (plaintext sent to it will be sampled).
     pub fn add_tls_port(&mut self, port: u16) {
+        // One map update per port, not per handshake (a syscall each).
+        if !self.known_tls_ports.insert(port) {
+            return;
+        }
         if let Err(e) = self.tls_ports.set(u32::from(port), &1, 0) {
             tracing::debug!(port, error = %e, "TLS_PORTS not updated");
         }

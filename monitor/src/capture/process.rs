@@ -7,6 +7,7 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use crate::flow::Task;
@@ -85,8 +86,14 @@ pub mod parse {
 #[derive(Debug)]
 pub struct ProcessCache {
     root: PathBuf,
-    by_tgid: HashMap<u32, (u64, ProcessInfo)>,
+    /// tgid -> (start time, identity, when the start time was last read).
+    by_tgid: HashMap<u32, (u64, ProcessInfo, Instant)>,
     max_entries: usize,
+    /// A tgid whose start time was read this recently, seen again with the same name, is
+    /// taken as the same process without reading /proc again: a pid is not reused by
+    /// another process of the same name within a second, and reading /proc/PID/stat for
+    /// every connection was a fifth of the daemon's CPU under a handshake storm.
+    revalidate_after: Duration,
 }
 
 impl Default for ProcessCache {
@@ -101,11 +108,21 @@ impl ProcessCache {
             root: root.as_ref().to_owned(),
             by_tgid: HashMap::new(),
             max_entries: 4096,
+            revalidate_after: Duration::from_secs(1),
         }
     }
 
     /// Names the owner the kernel reported, with /proc details while the process exists.
     pub fn resolve(&mut self, owner: &Task) -> ProcessInfo {
+        if let Some((_, info, checked)) = self.by_tgid.get(&owner.tgid)
+            && info.comm == owner.comm
+            && checked.elapsed() < self.revalidate_after
+        {
+            return ProcessInfo {
+                pid: owner.pid,
+                ..info.clone()
+            };
+        }
         let dir = self.root.join(owner.tgid.to_string());
         let start = std::fs::read_to_string(dir.join("stat"))
             .ok()
@@ -114,7 +131,7 @@ impl ProcessCache {
             // Gone already (the ring is read some milliseconds after the event). The process
             // last seen with this tgid and the same name is the best identity left; a reused
             // pid with another name gets only the kernel's comm.
-            if let Some((_, info)) = self.by_tgid.get(&owner.tgid)
+            if let Some((_, info, _)) = self.by_tgid.get(&owner.tgid)
                 && info.comm == owner.comm
             {
                 return ProcessInfo {
@@ -133,9 +150,10 @@ impl ProcessCache {
                 container: None,
             };
         };
-        if let Some((s, info)) = self.by_tgid.get(&owner.tgid)
+        if let Some((s, info, checked)) = self.by_tgid.get_mut(&owner.tgid)
             && *s == start
         {
+            *checked = Instant::now();
             return ProcessInfo {
                 pid: owner.pid,
                 comm: owner.comm.clone(),
@@ -161,7 +179,8 @@ impl ProcessCache {
         if self.by_tgid.len() >= self.max_entries {
             self.by_tgid.clear();
         }
-        self.by_tgid.insert(owner.tgid, (start, info.clone()));
+        self.by_tgid
+            .insert(owner.tgid, (start, info.clone(), Instant::now()));
         info
     }
 }
@@ -310,5 +329,39 @@ mod tests {
             ..owner
         };
         assert_eq!(cache.resolve(&renamed).exe, None);
+    }
+
+    #[test]
+    fn a_recent_identity_is_reused_and_revalidated_after_a_second() {
+        let root = std::env::temp_dir().join(format!("tlsmon-proc-reuse-{}", std::process::id()));
+        let dir = root.join("5150");
+        std::fs::create_dir_all(&dir).unwrap();
+        let stat = |start: u64| {
+            format!("5150 (app) S 1 5150 5150 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 {start} 0 0")
+        };
+        std::fs::write(dir.join("stat"), stat(777)).unwrap();
+        std::os::unix::fs::symlink("/usr/bin/first", dir.join("exe")).unwrap();
+        let mut cache = ProcessCache::with_root(&root);
+        let owner = Task {
+            tgid: 5150,
+            pid: 5151,
+            cgroup_id: 0,
+            comm: "app".into(),
+        };
+        assert_eq!(cache.resolve(&owner).exe, Some("/usr/bin/first".into()));
+        // The pid is taken by another process of the same name: within the second, the
+        // cached identity is given without reading /proc.
+        std::fs::write(dir.join("stat"), stat(888)).unwrap();
+        std::fs::remove_file(dir.join("exe")).unwrap();
+        std::os::unix::fs::symlink("/usr/bin/second", dir.join("exe")).unwrap();
+        let again = cache.resolve(&owner);
+        assert_eq!(
+            (again.exe, again.pid),
+            (Some("/usr/bin/first".into()), 5151)
+        );
+        // Past the interval the start time is read again, and the new process named.
+        cache.revalidate_after = Duration::ZERO;
+        assert_eq!(cache.resolve(&owner).exe, Some("/usr/bin/second".into()));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -7,6 +7,8 @@
 pub mod endpoint;
 
 use std::{
+    collections::HashMap,
+    net::IpAddr,
     path::PathBuf,
     sync::{Arc, atomic::Ordering},
     time::Duration,
@@ -15,7 +17,7 @@ use std::{
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    alert::{self, AlertEngine, AlertPolicy, Update, WeakPolicy, document, log_line},
+    alert::{self, AlertEngine, AlertPolicy, Update, WeakPolicy, log_line},
     capture::{
         Capture, CaptureConfig, KernelCounters,
         process::ConnectionProcesses,
@@ -24,7 +26,7 @@ use crate::{
     clock::{monotonic_ns, unix_ns},
     config::{self, Config, Host},
     flow::{CaptureEvent, FlowLimits},
-    handshake::{DEFAULT_TLS_PORTS, HandshakeOutcome},
+    handshake::{DEFAULT_TLS_PORTS, HandshakeOutcome, names},
     http::serve,
     judge::{Judge, Verdict, filters},
     mqtt,
@@ -85,6 +87,10 @@ struct Daemon {
     last_kernel: KernelCounters,
     /// Ring drops already noted to the judge.
     ring_drops_seen: u64,
+    /// Successes since the last write, by (exe, peer, version, cipher): (count, last unix
+    /// ms). Written once a second: a row write per success cost the store thread a wake-up
+    /// and an upsert for every handshake.
+    successes: HashMap<(String, Option<IpAddr>, u16, u16), (u64, u64)>,
 }
 
 impl Daemon {
@@ -141,11 +147,7 @@ impl Daemon {
             }
             HandshakeOutcome::Completed(c) => {
                 s.ok.fetch_add(1, Ordering::Relaxed);
-                let peer_ip = v
-                    .conn
-                    .as_ref()
-                    .map(|c| document::Endpoint::from(c.peer).ip)
-                    .unwrap_or_default();
+                let peer_ip = v.conn.as_ref().map(|c| c.peer.ip());
                 let exe = process
                     .as_ref()
                     .map(|p| {
@@ -154,13 +156,10 @@ impl Daemon {
                             .map_or_else(|| p.comm.clone(), |e| e.display().to_string())
                     })
                     .unwrap_or_default();
-                let _ = self.writer.tx.try_send(Write::Success(Success {
-                    exe,
-                    peer_ip,
-                    version: c.selected.version_name.to_string(),
-                    cipher: c.selected.cipher_name.to_string(),
-                    at_ms: v.first_unix_ns / 1_000_000,
-                }));
+                let key = (exe, peer_ip, c.selected.version, c.selected.cipher);
+                let (count, last) = self.successes.entry(key).or_default();
+                *count += 1;
+                *last = (*last).max(v.first_unix_ns / 1_000_000);
                 (String::new(), c.selected.version_name.to_string())
             }
             _ => (String::new(), String::new()),
@@ -195,6 +194,28 @@ impl Daemon {
         }
         if self.writer.tx.try_send(Write::Alert(update)).is_err() {
             s.metrics.store_errors.inc();
+        }
+    }
+
+    /// The successes counted since the last call, to the store in one write.
+    fn write_successes(&mut self) {
+        if self.successes.is_empty() {
+            return;
+        }
+        let counted = self
+            .successes
+            .drain()
+            .map(|((exe, peer, version, cipher), (count, at_ms))| Success {
+                exe,
+                peer_ip: peer.map(|ip| ip.to_string()).unwrap_or_default(),
+                version: names::version_name(version).to_string(),
+                cipher: names::cipher_name(cipher).to_string(),
+                count,
+                at_ms,
+            })
+            .collect();
+        if self.writer.tx.try_send(Write::Successes(counted)).is_err() {
+            self.shared.metrics.store_errors.inc();
         }
     }
 
@@ -327,6 +348,7 @@ pub async fn run(cfg: Config, origin: Origin) -> anyhow::Result<()> {
         shared: shared.clone(),
         last_kernel: KernelCounters::default(),
         ring_drops_seen: 0,
+        successes: HashMap::new(),
         cfg,
     };
     // tlsmon's own connections (MQTT) are never judged, even when the kernel could not
@@ -390,6 +412,7 @@ pub async fn run(cfg: Config, origin: Origin) -> anyhow::Result<()> {
         if second != last_second {
             last_second = second;
             d.alerts.expire(unix_ns() / 1_000_000);
+            d.write_successes();
             d.counters(&cap);
             if watchdog {
                 notify(&[sd_notify::NotifyState::Watchdog]);
@@ -415,6 +438,7 @@ pub async fn run(cfg: Config, origin: Origin) -> anyhow::Result<()> {
     for v in d.judge.drain(monotonic_ns()) {
         d.verdict(v, &mut cap);
     }
+    d.write_successes();
     d.counters(&cap);
     let _ = d
         .writer

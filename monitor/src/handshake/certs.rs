@@ -85,10 +85,35 @@ pub fn parse_certificate_message(body: &[u8]) -> Vec<CertSummary> {
         Ok((_, TlsMessage::Handshake(TlsMessageHandshake::Certificate(c)))) => c
             .cert_chain
             .iter()
-            .filter_map(|raw| summarize(raw.data))
+            .filter_map(|raw| summarize_seen(raw.data))
             .collect(),
         _ => Vec::new(),
     }
+}
+
+/// Certificates summarized lately on this thread, by their DER bytes: a server sends the
+/// same chain to every client, and parsing it again each time was most of the work of a
+/// TLS 1.2 handshake's verdict. Bounded; a memo of a pure function, so results are the same.
+const SEEN_CERTS: usize = 64;
+
+thread_local! {
+    static SEEN: std::cell::RefCell<std::collections::HashMap<Vec<u8>, Option<CertSummary>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+fn summarize_seen(der: &[u8]) -> Option<CertSummary> {
+    if let Some(hit) = SEEN.with(|s| s.borrow().get(der).cloned()) {
+        return hit;
+    }
+    let summary = summarize(der);
+    SEEN.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() >= SEEN_CERTS {
+            s.clear();
+        }
+        s.insert(der.to_vec(), summary.clone());
+    });
+    summary
 }
 
 /// Summarizes one DER certificate.

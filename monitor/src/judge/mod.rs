@@ -15,7 +15,10 @@ use crate::{
         CaptureEvent, CaptureKind, ConnInfo, Direction, Flow, FlowLimits, FlowTable, Incomplete,
         Lifecycle, Role, Side, Task,
     },
-    handshake::{Cause, CloseKind, Connection, ConnectionMeta, HandshakeOutcome, Party},
+    handshake::{
+        AlertInfo, Cause, CloseKind, Connection, ConnectionMeta, HandshakeOutcome, Party,
+        diagnose::Decision,
+    },
 };
 
 /// The judgement of one connection, given once.
@@ -148,7 +151,9 @@ impl Judge {
         // A server's socket is named by the first read of its process, which can come after
         // the bytes that settle the outcome (plaintext sent to a TLS port): wait for the name,
         // or judge at close.
-        if !settled(&fed.conn.outcome()) || flow.owner.is_none() {
+        // The decision alone (no sentence, no copies of the offer and chain): this runs at
+        // every chunk of every connection.
+        if !settled(&fed.conn.decision(None)) || flow.owner.is_none() {
             return None;
         }
         let flow = self.table.remove(cookie)?;
@@ -246,22 +251,29 @@ impl Judge {
 /// An outcome the captured bytes settle even when the capture missed others: a completed
 /// handshake, a settled failure (a readable alert, plaintext where TLS was due), no TLS.
 fn conclusive(o: &HandshakeOutcome) -> bool {
-    matches!(o, HandshakeOutcome::Completed(_)) || settled(o)
+    match o {
+        HandshakeOutcome::Completed(_) | HandshakeOutcome::NotTls(_) => true,
+        HandshakeOutcome::Failed(d) => settled_failure(d.inferred, d.alert.as_ref(), d.cause),
+        HandshakeOutcome::Undecided => false,
+    }
 }
 
 /// An outcome that nothing later on the connection can change, so it can be given before
 /// the connection ends: a readable fatal alert, or bytes that are not TLS. A completed
 /// handshake is not settled (a TLS 1.3 peer may still reject the other's certificate with an
 /// encrypted alert, a client may still hang up over the hostname), nor is any inference.
-fn settled(o: &HandshakeOutcome) -> bool {
-    match o {
-        HandshakeOutcome::Failed(d) => {
-            !d.inferred && d.alert.as_ref().is_some_and(|a| !a.encrypted)
-                || d.cause == Cause::PlaintextToTlsPort
-        }
-        HandshakeOutcome::NotTls(_) => true,
-        HandshakeOutcome::Completed(_) | HandshakeOutcome::Undecided => false,
+fn settled(d: &Decision) -> bool {
+    match d {
+        Decision::Failed(f) => settled_failure(f.inferred, f.alert.as_ref(), f.cause),
+        Decision::NotTls => true,
+        Decision::Completed | Decision::Undecided => false,
     }
+}
+
+/// A failure nothing later can change: a readable fatal alert that is not an inference, or
+/// plaintext where TLS was due.
+fn settled_failure(inferred: bool, alert: Option<&AlertInfo>, cause: Cause) -> bool {
+    !inferred && alert.is_some_and(|a| !a.encrypted) || cause == Cause::PlaintextToTlsPort
 }
 
 fn to_unix(mono_ns: u64, offset_ns: i64) -> u64 {

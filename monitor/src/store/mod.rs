@@ -81,13 +81,15 @@ pub enum StoreError {
     },
 }
 
-/// A successful handshake, counted per (exe, peer, version, cipher).
+/// Successful handshakes of one (exe, peer, version, cipher), counted since the last write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Success {
     pub exe: String,
     pub peer_ip: String,
     pub version: String,
     pub cipher: String,
+    pub count: u64,
+    /// Unix ms of the latest.
     pub at_ms: u64,
 }
 
@@ -95,7 +97,8 @@ pub struct Success {
 #[derive(Debug)]
 pub enum Write {
     Alert(Update),
-    Success(Success),
+    /// Successes counted since the last such write (the daemon sums them over a second).
+    Successes(Vec<Success>),
     /// Sets a counter (kernel counters, totals).
     Counter(&'static str, u64),
     /// Outbox rows the broker acknowledged (PUBACK): deleted.

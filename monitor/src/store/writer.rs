@@ -53,9 +53,10 @@ pub fn apply(conn: &mut Connection, batch: &[Write], outbox: bool) -> rusqlite::
         )?;
         let mut success = tx.prepare_cached(
             "INSERT INTO successes (exe, peer_ip, version, cipher, count, last_ms)
-             VALUES (?1, ?2, ?3, ?4, 1, ?5)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (exe, peer_ip, version, cipher)
-             DO UPDATE SET count = count + 1, last_ms = MAX(last_ms, excluded.last_ms)",
+             DO UPDATE SET count = count + excluded.count,
+                           last_ms = MAX(last_ms, excluded.last_ms)",
         )?;
         let mut counter = tx.prepare_cached(
             "INSERT INTO counters (name, value) VALUES (?1, ?2)
@@ -93,14 +94,17 @@ pub fn apply(conn: &mut Connection, batch: &[Write], outbox: bool) -> rusqlite::
                         acked.execute([id])?;
                     }
                 }
-                Write::Success(s) => {
-                    success.execute(params![
-                        s.exe,
-                        s.peer_ip,
-                        s.version,
-                        s.cipher,
-                        s.at_ms as i64
-                    ])?;
+                Write::Successes(counted) => {
+                    for s in counted {
+                        success.execute(params![
+                            s.exe,
+                            s.peer_ip,
+                            s.version,
+                            s.cipher,
+                            s.count as i64,
+                            s.at_ms as i64
+                        ])?;
+                    }
                 }
                 Write::Counter(name, v) => {
                     counter.execute(params![name, *v as i64])?;
@@ -414,5 +418,27 @@ mod tests {
             .unwrap();
         assert_eq!(drops, 3);
         w.close();
+    }
+
+    #[test]
+    fn counted_successes_add_up_per_program_peer_version_and_cipher() {
+        let path = temp_db("successes");
+        let mut c = open(&path).unwrap();
+        let s = |count, at_ms| super::super::Success {
+            exe: "/usr/bin/curl".into(),
+            peer_ip: "127.0.0.1".into(),
+            version: "TLSv1.3".into(),
+            cipher: "TLS_AES_256_GCM_SHA384".into(),
+            count,
+            at_ms,
+        };
+        apply(&mut c, &[Write::Successes(vec![s(3, 1_000)])], false).unwrap();
+        apply(&mut c, &[Write::Successes(vec![s(2, 900)])], false).unwrap();
+        let (count, last): (i64, i64) = c
+            .query_row("SELECT count, last_ms FROM successes", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((count, last), (5, 1_000));
     }
 }
