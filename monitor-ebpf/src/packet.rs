@@ -15,18 +15,15 @@ use aya_ebpf::{
 };
 use monitor_common::{
     counter, direction,
-    rules::{self, IPPROTO_TCP, PacketBytes, TCP_LISTEN, TcpCounters},
+    rules::{self, PacketBytes, TCP_LISTEN, TcpCounters},
 };
 
 use crate::{
-    capture, floor,
+    capture, direction_budget, floor,
     ring::count,
     state::{self, MODE_DONE, MODE_IGNORE, MODE_TLS, MODE_WATCH},
     watch_limit,
 };
-
-const AF_INET: u32 = 2;
-const AF_INET6: u32 = 10;
 
 /// Ports known to speak TLS (either end of a connection), indexed by port: non-zero = TLS.
 /// Userspace fills it from configuration and from the TLS handshakes it has seen. An array
@@ -121,41 +118,29 @@ fn on_packet(ctx: &SkBuffContext, dir: u8) {
     let skb = ctx.as_ptr().cast::<__sk_buff>();
     // SAFETY: context field reads and helpers checked by the verifier.
     unsafe {
-        let sk = (*skb).__bindgen_anon_2.sk;
-        if sk.is_null() {
+        let skc = (*skb).__bindgen_anon_2.sk;
+        if skc.is_null() {
             return;
         }
-        let sk = bpf_sk_fullsock(sk);
-        if sk.is_null() {
-            return;
-        }
-        // Fast path first: a connection already decided (capture over, plaintext on a TLS
-        // port watched long enough, our own) costs one storage lookup per packet.
-        let st = state::lookup(sk.cast());
-        if !st.is_null() && matches!((*st).mode, MODE_DONE | MODE_IGNORE) {
-            return;
-        }
-        if ptr::read_volatile(&(*sk).protocol) != u32::from(IPPROTO_TCP) {
-            return;
-        }
-        let family = ptr::read_volatile(&(*sk).family);
-        if family != AF_INET && family != AF_INET6 {
-            return;
-        }
-        // A listener sees a connection's first payload when it comes before the child
-        // socket exists (Fast Open data in the SYN, a segment racing the last ACK): state
-        // on the listener would mix every such connection. The child reports the start it
-        // missed (`rules::missed_peer_start`).
-        if ptr::read_volatile(&(*sk).state) == TCP_LISTEN {
-            return;
-        }
-        let tp = bpf_tcp_sock(sk);
+        // TCP full sockets only (the helper checks both), and their own counters first: a
+        // connection past everything tlsmon could still capture costs this one helper.
+        let tp = bpf_tcp_sock(skc);
         if tp.is_null() {
+            return;
+        }
+        let seen = bytes_seen(tp);
+        if rules::nothing_left(seen, watch_limit(), direction_budget()) {
+            return;
+        }
+        // A connection already decided (capture over, plaintext on a TLS port watched long
+        // enough, our own) costs one storage lookup more.
+        let st = state::lookup(tp.cast());
+        if !st.is_null() && matches!((*st).mode, MODE_DONE | MODE_IGNORE) {
             return;
         }
         // A connection without state is ordinary so far: past the watch limit (counted by
         // the TCP socket itself) it is left alone.
-        if st.is_null() && bytes_seen(tp) > u64::from(watch_limit()) {
+        if st.is_null() && seen > u64::from(watch_limit()) {
             return;
         }
         let Some(seg) = parse_segment(skb) else {
@@ -165,8 +150,21 @@ fn on_packet(ctx: &SkBuffContext, dir: u8) {
         if seg.payload_len == 0 {
             return;
         }
+        // The socket's own fields (ends, state) from here on: payload of a young or
+        // captured connection.
+        let sk = bpf_sk_fullsock(skc);
+        if sk.is_null() {
+            return;
+        }
         // One call site for `capture`: its chunk loop is what the verifier pays for.
         let (st, tls) = if st.is_null() {
+            // A listener sees a connection's first payload when it comes before the child
+            // socket exists (Fast Open data in the SYN, a segment racing the last ACK):
+            // state on the listener would mix every such connection. The child reports the
+            // start it missed (`rules::missed_peer_start`).
+            if ptr::read_volatile(&(*sk).state) == TCP_LISTEN {
+                return;
+            }
             match capture::on_untracked(skb, sk, tp, dir, &seg) {
                 Some(st) => (st, true),
                 None => return,

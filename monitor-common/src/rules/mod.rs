@@ -190,6 +190,15 @@ pub fn missed_peer_start(dir: u8, c: &TcpCounters, seq: u32) -> Option<u32> {
         .then(|| c.rcv_nxt.wrapping_sub(c.bytes_received as u32))
 }
 
+/// Nothing of a connection that has carried `bytes_seen` payload bytes (both ways, as its
+/// socket counts them) can still be captured: a STARTTLS upgrade is only looked for in the
+/// first `watch_limit` bytes, and each direction's capture ends `budget` bytes after its
+/// start. Such a connection is passed over before its state is even looked up.
+#[inline(always)]
+pub fn nothing_left(bytes_seen: u64, watch_limit: u32, budget: u32) -> bool {
+    bytes_seen > 2 * (u64::from(watch_limit) + u64::from(budget))
+}
+
 /// Slots of the client-owner table (a direct-mapped array by socket cookie).
 pub const OWNER_SLOTS: u64 = 65536;
 

@@ -231,6 +231,18 @@ fn records_take_the_smallest_room_that_holds_them() {
 }
 
 #[test]
+fn a_connection_past_both_limits_both_ways_has_nothing_left() {
+    // 8 KiB watched, 16 KiB captured per direction: 48 KiB both ways at most.
+    assert!(!nothing_left(48 * 1024, 8 * 1024, 16 * 1024));
+    assert!(nothing_left(48 * 1024 + 1, 8 * 1024, 16 * 1024));
+    assert!(!nothing_left(0, 8 * 1024, 16 * 1024));
+    assert!(
+        !nothing_left(u64::from(u32::MAX), u32::MAX, u32::MAX),
+        "no overflow"
+    );
+}
+
+#[test]
 fn owner_slots_wrap_at_the_table_size() {
     assert_eq!(owner_slot(7), 7);
     assert_eq!(

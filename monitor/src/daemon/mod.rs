@@ -73,6 +73,9 @@ pub struct Origin {
     pub source: config::Source,
 }
 
+/// A success's program (exe, or comm), peer, version and cipher.
+type SuccessKey = (String, Option<IpAddr>, u16, u16);
+
 /// The state of a running daemon (everything but the capture and the tokio bits).
 struct Daemon {
     cfg: Config,
@@ -90,7 +93,7 @@ struct Daemon {
     /// Successes since the last write, by (exe, peer, version, cipher): (count, last unix
     /// ms). Written once a second: a row write per success cost the store thread a wake-up
     /// and an upsert for every handshake.
-    successes: HashMap<(String, Option<IpAddr>, u16, u16), (u64, u64)>,
+    successes: HashMap<SuccessKey, (u64, u64)>,
 }
 
 impl Daemon {
