@@ -1,7 +1,8 @@
 //! What the capture can get wrong under load or with unusual TCP, end to end: owners under a
 //! storm of short connections from many processes on every CPU, a ring too small for a
-//! burst (incomplete captures must not become failures), TCP Fast Open (data in the SYN, a
-//! first payload that reaches the listener before the connection's socket exists).
+//! burst (incomplete captures must not become failures), TCP Fast Open (data in the SYN) and a
+//! lost final ACK (a ClientHello that reaches the listener's request socket before the
+//! connection's socket exists).
 //! Privileged: run through `sudo ./x test`.
 
 use std::{
@@ -364,5 +365,165 @@ fn tcp_fast_open_data_in_the_syn_is_read_at_its_true_offset() {
     for a in &alerts {
         assert_eq!(a["alert"]["code"], 48, "{a:#}");
         assert_eq!(a["alert"]["sender"], "client", "{a:#}");
+    }
+}
+
+/// An nftables table dropping, on the way in, the second packet a client sends to `port` on
+/// each connection (the final ACK of the TCP handshake). Removed when dropped, with the
+/// conntrack accounting it needs restored.
+struct LoseFinalAck {
+    table: String,
+    _accounting: Sysctl,
+}
+
+impl LoseFinalAck {
+    fn on(port: u16) -> LoseFinalAck {
+        let accounting = Sysctl::set("/proc/sys/net/netfilter/nf_conntrack_acct", "1");
+        let table = format!("tlsmon_test_{port}");
+        let rules = format!(
+            "table inet {table} {{\n chain input {{\n  type filter hook input priority 0;\n  \
+             tcp dport {port} ct original packets 2 counter drop\n }}\n}}\n"
+        );
+        let file = std::env::temp_dir().join(format!("{table}.nft"));
+        std::fs::write(&file, rules).expect("write nft rules");
+        let (ok, out) = run_bounded(
+            Command::new("nft").arg("-f").arg(&file),
+            Duration::from_secs(10),
+        );
+        let _ = std::fs::remove_file(&file);
+        assert!(ok, "nft: {out}");
+        LoseFinalAck {
+            table,
+            _accounting: accounting,
+        }
+    }
+
+    /// Packets the rule dropped.
+    fn dropped(&self) -> u64 {
+        let (_, out) = run_bounded(
+            Command::new("nft").args(["list", "table", "inet", &self.table]),
+            Duration::from_secs(10),
+        );
+        out.split("counter packets ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for LoseFinalAck {
+    fn drop(&mut self) {
+        let _ = run_bounded(
+            Command::new("nft").args(["delete", "table", "inet", &self.table]),
+            Duration::from_secs(10),
+        );
+    }
+}
+
+#[test]
+#[ignore = "privileged: run `sudo ./x test`"]
+fn a_client_hello_that_reaches_a_request_socket_is_not_pinned_on_the_listener() {
+    let pki = self_signed_cert();
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let d = Daemon::start("");
+    let server = openssl_server(&pki, addr, &[]);
+    // A trace beside the daemon shows what the kernel captured socket by socket.
+    let trace = Tracer::start(&[]);
+    // Each client's final ACK is lost: its ClientHello completes the TCP handshake, so the
+    // kernel hands it to the listener (request socket) before the connection's socket exists.
+    let lose = LoseFinalAck::on(port);
+    for _ in 0..2 {
+        assert!(
+            !openssl_client(addr, &["-verify_return_error"]),
+            "the client must refuse the self-signed certificate"
+        );
+    }
+    assert_eq!(lose.dropped(), 2, "the final ACKs were not dropped");
+    // Closing the listener ends whatever was captured on it (nothing, if nothing was).
+    drop(server);
+    // The clients' sides are judged as usual: their alerts.
+    let t0 = Instant::now();
+    let mut failures = Vec::new();
+    while t0.elapsed() < Duration::from_secs(20) {
+        failures = d
+            .json("/v1/failures?since=5m&process=openssl")
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if failures
+            .iter()
+            .map(|a| a["count"].as_u64().unwrap_or(0))
+            .sum::<u64>()
+            >= 2
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The servers' sides lack their ClientHellos: counted as incomplete, nothing captured on
+    // the listener (which would give it a failure of its own once closed).
+    let mut status = d.json("/v1/status");
+    let t0 = Instant::now();
+    // (The kernel's counters reach the status page on the daemon's next poll.)
+    while (status["handshakes"]["capture_incomplete_by_reason"]["missing_start"].as_u64() < Some(2)
+        || status["capture"]["missed_start"].as_u64() < Some(2))
+        && t0.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(200));
+        status = d.json("/v1/status");
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let failures = d
+        .json("/v1/failures?since=5m&process=openssl")
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(failures.len(), 1, "{failures:#?}\n{}", d.log());
+    let a = &failures[0];
+    assert_eq!(a["count"], 2, "{a:#}");
+    assert_eq!(a["alert"]["code"], 48, "{a:#}");
+    assert_eq!(a["alert"]["sender"], "client", "{a:#}");
+    assert_eq!(a["role"], "client", "{a:#}");
+    assert_eq!(a["peer"]["port"], port, "{a:#}");
+    let status = d.json("/v1/status");
+    assert_eq!(
+        status["capture"]["missed_start"].as_u64(),
+        Some(2),
+        "{status:#}"
+    );
+    assert_eq!(
+        status["handshakes"]["capture_incomplete_by_reason"]["missing_start"].as_u64(),
+        Some(2),
+        "{status:#}"
+    );
+    // Socket by socket: two server sockets that know they missed their start, and no state
+    // ever made on the listener.
+    let trace = trace.stop();
+    let ours: Vec<&serde_json::Value> = trace
+        .records
+        .iter()
+        .filter(|r| {
+            r["local"]
+                .as_str()
+                .is_some_and(|l| l.ends_with(&format!(":{port}")))
+        })
+        .collect();
+    let all = || {
+        ours.iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(ours.len(), 2, "{}", all());
+    for r in &ours {
+        assert_eq!(r["role"], "server", "{}", all());
+        assert_eq!(r["missed_start"], true, "{}", all());
+        assert!(
+            !r["peer"].as_str().unwrap_or(":0").ends_with(":0"),
+            "{}",
+            all()
+        );
     }
 }
