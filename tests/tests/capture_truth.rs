@@ -445,9 +445,8 @@ fn a_client_hello_that_reaches_a_request_socket_is_not_pinned_on_the_listener() 
     drop(server);
     // The clients' sides are judged as usual: their alerts.
     let t0 = Instant::now();
-    let mut failures = Vec::new();
     while t0.elapsed() < Duration::from_secs(20) {
-        failures = d
+        let failures = d
             .json("/v1/failures?since=5m&process=openssl")
             .as_array()
             .cloned()
