@@ -5,7 +5,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use monitor_common::{CloseEvent, EventHeader, close_reason, kind, tcp_state};
+use monitor_common::{CloseEvent, EventHeader, close_reason, kind, rules, tcp_state};
 
 use crate::{
     capture::STOP,
@@ -62,7 +62,9 @@ pub fn tlsmon_state(ctx: BtfTracePointContext) -> i32 {
             adopt_owner(st);
         }
         let cookie = st.cookie;
-        emit_close(st, close_reason::STATE, old as u8, new as u8);
+        if rules::state_change_reported(old as u8, new as u8) {
+            emit_close(st, close_reason::STATE, old as u8, new as u8);
+        }
         if new == i32::from(tcp_state::CLOSE) {
             // A stop request for a connection that sent nothing more must not outlive it.
             let _ = STOP.remove(&cookie);

@@ -132,6 +132,15 @@ fn on_packet(ctx: &SkBuffContext, dir: u8) {
         if rules::nothing_left(seen, watch_limit(), direction_budget()) {
             return;
         }
+        // Only payload matters (SYN, ACK and FIN segments carry none): found in the headers,
+        // before any map is touched.
+        let Some(seg) = parse_segment(skb) else {
+            count(counter::PARSE_ERRORS, 1);
+            return;
+        };
+        if seg.payload_len == 0 {
+            return;
+        }
         // A connection already decided (capture over, plaintext on a TLS port watched long
         // enough, our own) costs one storage lookup more.
         let st = state::lookup(tp.cast());
@@ -141,13 +150,6 @@ fn on_packet(ctx: &SkBuffContext, dir: u8) {
         // A connection without state is ordinary so far: past the watch limit (counted by
         // the TCP socket itself) it is left alone.
         if st.is_null() && seen > u64::from(watch_limit()) {
-            return;
-        }
-        let Some(seg) = parse_segment(skb) else {
-            count(counter::PARSE_ERRORS, 1);
-            return;
-        };
-        if seg.payload_len == 0 {
             return;
         }
         // The socket's own fields (ends, state) from here on: payload of a young or

@@ -140,8 +140,8 @@ fn failures_carry_a_sentence_and_the_client_offer() {
                     .unwrap_or_else(|| panic!("{}: no offer", f.name));
                 assert!(
                     !offer.ciphers.is_empty()
-                        && offer.ja3.len() == 32
-                        && offer.ja4.starts_with('t'),
+                        && offer.ja3().len() == 32
+                        && offer.ja4().starts_with('t'),
                     "{}",
                     f.name
                 );

@@ -185,8 +185,14 @@ impl Drop for TempDir {
     }
 }
 
-/// A self-signed certificate for `localhost` (cert.pem, key.pem) in a scratch directory.
+/// A self-signed certificate for `localhost` (cert.pem, key.pem) in a scratch directory,
+/// valid for two days (tlsmon warns that it expires soon when its handshakes complete).
 pub fn self_signed_cert() -> TempDir {
+    self_signed_cert_for_days(2)
+}
+
+/// A self-signed certificate for `localhost` valid for `days` days.
+pub fn self_signed_cert_for_days(days: u32) -> TempDir {
     let dir = TempDir::new("pki");
     let ok = Command::new("openssl")
         .args([
@@ -196,7 +202,7 @@ pub fn self_signed_cert() -> TempDir {
             "rsa:2048",
             "-nodes",
             "-days",
-            "2",
+            &days.to_string(),
             "-subj",
             "/CN=localhost",
         ])

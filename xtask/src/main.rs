@@ -100,6 +100,9 @@ enum Bench {
         /// Seconds per workload and side.
         #[arg(long, default_value_t = 5)]
         secs: u64,
+        /// Only the workloads with these letters (`--only bd`: (b) and (d)); all by default.
+        #[arg(long, default_value = "abcd")]
+        only: String,
     },
     /// The daemon (root, eBPF attached) under a storm of failing handshakes on loopback.
     Daemon {
@@ -361,12 +364,12 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Bench {
-            what: Bench::Capture { rounds, secs },
+            what: Bench::Capture { rounds, secs, only },
         } => {
             if !is_root() {
                 bail!("the capture bench loads eBPF programs and needs root");
             }
-            let report = bench_capture::run(&build()?, rounds.max(1), secs.max(1))?;
+            let report = bench_capture::run(&build()?, rounds.max(1), secs.max(1), &only)?;
             println!("xtask: {report}");
             Ok(())
         }

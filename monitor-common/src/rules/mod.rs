@@ -2,7 +2,7 @@
 //! functions: `monitor-ebpf` calls them (inlined), and `cargo test` checks them on the host,
 //! where the verifier and a live kernel are not needed to find a wrong offset or bound.
 
-use crate::{DATA_CHUNK, MAX_DIRECTION_BUDGET, SAMPLE_LEN, direction};
+use crate::{DATA_CHUNK, MAX_DIRECTION_BUDGET, SAMPLE_LEN, direction, tcp_state};
 
 /// "Looks like TLS": a TLS handshake record (type 22, legacy version 3.0 to 3.4), or an
 /// SSLv2-compatible ClientHello (RFC 5246 appendix E.2: 2-byte length with the top bit set,
@@ -197,6 +197,38 @@ pub fn missed_peer_start(dir: u8, c: &TcpCounters, seq: u32) -> Option<u32> {
 #[inline(always)]
 pub fn nothing_left(bytes_seen: u64, watch_limit: u32, budget: u32) -> bool {
     bytes_seen > 2 * (u64::from(watch_limit) + u64::from(budget))
+}
+
+/// Which end's FIN a socket state change reveals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fin {
+    Local,
+    Peer,
+}
+
+/// The FIN a socket state change reveals (RFC 793 state diagram): ours when we leave
+/// ESTABLISHED or CLOSE_WAIT, the peer's when we leave ESTABLISHED for CLOSE_WAIT or a
+/// FIN_WAIT state for CLOSING/TIME_WAIT/CLOSE (the kernel closes a FIN_WAIT2 socket into
+/// a timewait one).
+#[inline(always)]
+pub fn fin_of(old: u8, new: u8) -> Option<Fin> {
+    use tcp_state::*;
+    match (old, new) {
+        (ESTABLISHED, FIN_WAIT1) | (CLOSE_WAIT, LAST_ACK) => Some(Fin::Local),
+        (ESTABLISHED, CLOSE_WAIT)
+        | (FIN_WAIT1, CLOSING)
+        | (FIN_WAIT2, TIME_WAIT)
+        | (FIN_WAIT2, CLOSE) => Some(Fin::Peer),
+        _ => None,
+    }
+}
+
+/// A state change of a reported connection that userspace reads: one that reveals a FIN
+/// (who closed first) or ends the socket. The others (FIN_WAIT1 -> FIN_WAIT2, CLOSING ->
+/// TIME_WAIT, ...) send no record.
+#[inline(always)]
+pub fn state_change_reported(old: u8, new: u8) -> bool {
+    new == tcp_state::CLOSE || fin_of(old, new).is_some()
 }
 
 /// Slots of the client-owner table (a direct-mapped array by socket cookie).

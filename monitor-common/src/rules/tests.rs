@@ -316,3 +316,21 @@ fn chunk_and_sample_lengths_are_bounded() {
     assert_eq!(clamp_budget(1 << 20), MAX_DIRECTION_BUDGET);
     assert_eq!(clamp_budget(1024), 1024);
 }
+
+#[test]
+fn only_state_changes_that_reveal_a_fin_or_end_the_socket_are_reported() {
+    use crate::tcp_state::*;
+    assert_eq!(fin_of(ESTABLISHED, FIN_WAIT1), Some(Fin::Local));
+    assert_eq!(fin_of(CLOSE_WAIT, LAST_ACK), Some(Fin::Local));
+    assert_eq!(fin_of(ESTABLISHED, CLOSE_WAIT), Some(Fin::Peer));
+    assert_eq!(fin_of(FIN_WAIT2, TIME_WAIT), Some(Fin::Peer));
+    assert_eq!(fin_of(FIN_WAIT2, CLOSE), Some(Fin::Peer));
+    assert_eq!(fin_of(FIN_WAIT1, CLOSING), Some(Fin::Peer));
+    assert_eq!(fin_of(FIN_WAIT1, FIN_WAIT2), None);
+    assert!(state_change_reported(ESTABLISHED, FIN_WAIT1));
+    assert!(state_change_reported(LAST_ACK, CLOSE));
+    assert!(state_change_reported(ESTABLISHED, CLOSE)); // reset
+    assert!(!state_change_reported(FIN_WAIT1, FIN_WAIT2));
+    assert!(!state_change_reported(CLOSING, TIME_WAIT));
+    assert!(!state_change_reported(SYN_SENT, ESTABLISHED));
+}

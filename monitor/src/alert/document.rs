@@ -287,8 +287,7 @@ fn tls_facts(
     offer: Option<&crate::handshake::hello::ClientOffer>,
     choice: Option<&crate::handshake::hello::ServerChoice>,
 ) -> TlsFacts {
-    let names =
-        |n: &crate::handshake::hello::Named| n.names.iter().map(|s| s.to_string()).collect();
+    let names = |n: &crate::handshake::hello::Named| n.names().map(|s| s.into_owned()).collect();
     TlsFacts {
         offered: offer.map(|o| Offered {
             versions: names(&o.versions),
@@ -302,8 +301,8 @@ fn tls_facts(
             cipher: c.cipher_name.to_string(),
             alpn: c.alpn.clone(),
         }),
-        ja3: offer.map(|o| o.ja3.clone()),
-        ja4: offer.map(|o| o.ja4.clone()),
+        ja3: offer.map(|o| o.ja3()),
+        ja4: offer.map(|o| o.ja4()),
     }
 }
 

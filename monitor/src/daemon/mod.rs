@@ -94,6 +94,10 @@ struct Daemon {
     /// ms). Written once a second: a row write per success cost the store thread a wake-up
     /// and an upsert for every handshake.
     successes: HashMap<SuccessKey, (u64, u64)>,
+    /// The latest count of each open alert repeated since the last write, by event id: a
+    /// failure or warning that repeats a thousand times a second reaches the store (and the
+    /// outbox) once a second, not once per handshake.
+    counts: HashMap<String, Update>,
 }
 
 impl Daemon {
@@ -195,8 +199,24 @@ impl Daemon {
                 .inc();
             tracing::warn!(target: "tlsmon::alert", "alert {}", log_line::log_fields(ev));
         }
-        if self.writer.tx.try_send(Write::Alert(update)).is_err() {
-            s.metrics.store_errors.inc();
+        match update {
+            Update::Count { ref event_id, .. } => {
+                self.counts.insert(event_id.clone(), update);
+            }
+            Update::New(_) => {
+                if self.writer.tx.try_send(Write::Alert(update)).is_err() {
+                    s.metrics.store_errors.inc();
+                }
+            }
+        }
+    }
+
+    /// The counts of repeated alerts since the last call, each alert's latest, to the store.
+    fn write_counts(&mut self) {
+        for (_, update) in self.counts.drain() {
+            if self.writer.tx.try_send(Write::Alert(update)).is_err() {
+                self.shared.metrics.store_errors.inc();
+            }
         }
     }
 
@@ -352,6 +372,7 @@ pub async fn run(cfg: Config, origin: Origin) -> anyhow::Result<()> {
         last_kernel: KernelCounters::default(),
         ring_drops_seen: 0,
         successes: HashMap::new(),
+        counts: HashMap::new(),
         cfg,
     };
     // tlsmon's own connections (MQTT) are never judged, even when the kernel could not
@@ -416,6 +437,7 @@ pub async fn run(cfg: Config, origin: Origin) -> anyhow::Result<()> {
             last_second = second;
             d.alerts.expire(unix_ns() / 1_000_000);
             d.write_successes();
+            d.write_counts();
             d.counters(&cap);
             if watchdog {
                 notify(&[sd_notify::NotifyState::Watchdog]);
@@ -442,6 +464,7 @@ pub async fn run(cfg: Config, origin: Origin) -> anyhow::Result<()> {
         d.verdict(v, &mut cap);
     }
     d.write_successes();
+    d.write_counts();
     d.counters(&cap);
     let _ = d
         .writer

@@ -218,20 +218,13 @@ fn starts_client_hello(stream: &[u8]) -> bool {
     rules::looks_like_tls(head) && rules::starts_client_hello(head, stream.get(5).copied())
 }
 
-/// The FIN a socket state change reveals (RFC 793 state diagram): ours when we leave
-/// ESTABLISHED or CLOSE_WAIT, the peer's when we leave ESTABLISHED for CLOSE_WAIT or a
-/// FIN_WAIT state for CLOSING/TIME_WAIT/CLOSE (the kernel closes a FIN_WAIT2 socket into
-/// a timewait one).
+/// The FIN a socket state change reveals (`rules::fin_of`, which the kernel also uses to
+/// choose which state changes to send).
 fn fin_of(old: u8, new: u8) -> Option<Side> {
-    use tcp_state::*;
-    match (old, new) {
-        (ESTABLISHED, FIN_WAIT1) | (CLOSE_WAIT, LAST_ACK) => Some(Side::Local),
-        (ESTABLISHED, CLOSE_WAIT)
-        | (FIN_WAIT1, CLOSING)
-        | (FIN_WAIT2, TIME_WAIT)
-        | (FIN_WAIT2, CLOSE) => Some(Side::Peer),
-        _ => None,
-    }
+    rules::fin_of(old, new).map(|fin| match fin {
+        rules::Fin::Local => Side::Local,
+        rules::Fin::Peer => Side::Peer,
+    })
 }
 
 /// Bounds of the table.

@@ -20,27 +20,64 @@ const HELLO_RETRY_RANDOM: [u8; 32] = [
     0xc2, 0xa2, 0x11, 0x16, 0x7a, 0xbb, 0x8c, 0x5e, 0x07, 0x9e, 0x09, 0xe2, 0xc8, 0xa8, 0x33, 0x9c,
 ];
 
-/// A list of code points with their registry names, as events show them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// The registry that names a list's code points.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Registry {
+    #[default]
+    Version,
+    Cipher,
+    Sigalg,
+    Group,
+}
+
+impl Registry {
+    pub fn name(self, id: u16) -> Name {
+        match self {
+            Registry::Version => version_name(id),
+            Registry::Cipher => cipher_name(id),
+            Registry::Sigalg => sigalg_name(id),
+            Registry::Group => group_name(id),
+        }
+    }
+}
+
+/// A list of code points (GREASE removed). Events show each with its registry name; the
+/// names are looked up only then, not for every hello (most end in success).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Named {
     pub ids: Vec<u16>,
-    pub names: Vec<Name>,
+    registry: Registry,
 }
 
 impl Named {
-    fn new(ids: Vec<u16>, name: fn(u16) -> Name) -> Self {
-        let ids: Vec<u16> = ids.into_iter().filter(|&v| !is_grease(v)).collect();
-        let names = ids.iter().map(|&v| name(v)).collect();
-        Named { ids, names }
+    fn new(ids: Vec<u16>, registry: Registry) -> Self {
+        let ids = ids.into_iter().filter(|&v| !is_grease(v)).collect();
+        Named { ids, registry }
     }
 
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
+
+    /// The registry name of each code point, in order.
+    pub fn names(&self) -> impl Iterator<Item = Name> + '_ {
+        self.ids.iter().map(|&id| self.registry.name(id))
+    }
 }
 
-/// The client's offer.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+impl Serialize for Named {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut st = s.serialize_struct("Named", 2)?;
+        st.serialize_field("ids", &self.ids)?;
+        st.serialize_field("names", &self.names().collect::<Vec<_>>())?;
+        st.end()
+    }
+}
+
+/// The client's offer. Its JA3 and JA4 fingerprints are computed when asked for (an event
+/// or a document shows them), from the wire-order extension list kept here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientOffer {
     /// ClientHello.legacy_version.
     pub legacy_version: u16,
@@ -53,9 +90,10 @@ pub struct ClientOffer {
     pub alpn: Vec<String>,
     /// TLS_FALLBACK_SCSV is in the cipher list (RFC 7507): a retry at a lower version.
     pub fallback_scsv: bool,
-    pub ja3: String,
-    pub ja3_string: String,
-    pub ja4: String,
+    /// Extension types in wire order, GREASE included (JA3 and JA4 read them).
+    extension_types: Vec<u16>,
+    /// The ec_point_formats extension's list (JA3).
+    point_formats: Vec<u8>,
 }
 
 impl ClientOffer {
@@ -88,6 +126,47 @@ impl ClientOffer {
             format!("{}-{}", version_name(lo), version_name(hi))
         }
     }
+
+    /// JA3's input: "version,ciphers,extensions,groups,point_formats", GREASE removed.
+    pub fn ja3_string(&self) -> String {
+        ja3_string(
+            self.legacy_version,
+            &self.ciphers.ids,
+            &self.extension_types,
+            &self.groups.ids,
+            &self.point_formats,
+        )
+    }
+
+    /// JA3: the MD5 of `ja3_string`, in hex.
+    pub fn ja3(&self) -> String {
+        hex(&Md5::digest(self.ja3_string().as_bytes()))
+    }
+
+    /// JA4 (FoxIO).
+    pub fn ja4(&self) -> String {
+        ja4(self, &self.ciphers.ids, &self.extension_types)
+    }
+}
+
+impl Serialize for ClientOffer {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut st = s.serialize_struct("ClientOffer", 11)?;
+        st.serialize_field("legacy_version", &self.legacy_version)?;
+        st.serialize_field("versions", &self.versions)?;
+        st.serialize_field("ciphers", &self.ciphers)?;
+        st.serialize_field("sigalgs", &self.sigalgs)?;
+        st.serialize_field("groups", &self.groups)?;
+        st.serialize_field("server_name", &self.server_name)?;
+        st.serialize_field("alpn", &self.alpn)?;
+        st.serialize_field("fallback_scsv", &self.fallback_scsv)?;
+        let ja3_string = self.ja3_string();
+        st.serialize_field("ja3", &hex(&Md5::digest(ja3_string.as_bytes())))?;
+        st.serialize_field("ja3_string", &ja3_string)?;
+        st.serialize_field("ja4", &self.ja4())?;
+        st.end()
+    }
 }
 
 /// The server's choice.
@@ -118,15 +197,14 @@ pub fn parse_client_hello(body: &[u8]) -> Result<ClientOffer, MalformedHello> {
     };
     let cipher_ids: Vec<u16> = ch.ciphers.iter().map(|c| c.0).collect();
     let ext_block = ch.ext.unwrap_or(&[]);
-    let ext_types = extension_types(ext_block);
     let mut offer = ClientOffer {
         legacy_version: ch.version.0,
         fallback_scsv: cipher_ids.contains(&TLS_FALLBACK_SCSV),
-        ciphers: Named::new(cipher_ids.clone(), cipher_name),
+        ciphers: Named::new(cipher_ids, Registry::Cipher),
+        extension_types: extension_types(ext_block),
         ..ClientOffer::default()
     };
     let mut versions = Vec::new();
-    let mut point_formats: Vec<u8> = Vec::new();
     let exts = tls_parser::parse_tls_client_hello_extensions(ext_block)
         .map(|(_, e)| e)
         .unwrap_or_default();
@@ -140,12 +218,12 @@ pub fn parse_client_hello(body: &[u8]) -> Result<ClientOffer, MalformedHello> {
             }
             TlsExtension::SupportedVersions(v) => versions = v.iter().map(|v| v.0).collect(),
             TlsExtension::SignatureAlgorithms(v) => {
-                offer.sigalgs = Named::new(v.clone(), sigalg_name)
+                offer.sigalgs = Named::new(v.clone(), Registry::Sigalg)
             }
             TlsExtension::EllipticCurves(g) => {
-                offer.groups = Named::new(g.iter().map(|g| g.0).collect(), group_name)
+                offer.groups = Named::new(g.iter().map(|g| g.0).collect(), Registry::Group)
             }
-            TlsExtension::EcPointFormats(f) => point_formats = f.to_vec(),
+            TlsExtension::EcPointFormats(f) => offer.point_formats = f.to_vec(),
             TlsExtension::ALPN(p) => {
                 offer.alpn = p
                     .iter()
@@ -158,16 +236,7 @@ pub fn parse_client_hello(body: &[u8]) -> Result<ClientOffer, MalformedHello> {
     if versions.is_empty() {
         versions.push(ch.version.0);
     }
-    offer.versions = Named::new(versions, version_name);
-    offer.ja3_string = ja3_string(
-        ch.version.0,
-        &cipher_ids,
-        &ext_types,
-        &offer.groups.ids,
-        &point_formats,
-    );
-    offer.ja3 = hex(&Md5::digest(offer.ja3_string.as_bytes()));
-    offer.ja4 = ja4(&offer, &cipher_ids, &ext_types);
+    offer.versions = Named::new(versions, Registry::Version);
     Ok(offer)
 }
 
@@ -419,13 +488,16 @@ mod tests {
         );
         let offer = parse_client_hello(&body).expect("valid hello");
         assert_eq!(offer.server_name.as_deref(), Some("api.example.com"));
-        assert_eq!(offer.versions.names, ["TLSv1.3", "TLSv1.2"]);
+        assert_eq!(
+            offer.versions.names().collect::<Vec<_>>(),
+            ["TLSv1.3", "TLSv1.2"]
+        );
         assert_eq!(offer.version_range(), "TLSv1.2-TLSv1.3");
         assert!(offer.fallback_scsv);
         assert_eq!(offer.alpn, ["h2"]);
-        assert_eq!(offer.ja3_string, "771,4865-49199-22016,0-43-16,,");
-        assert_eq!(offer.ja3.len(), 32);
-        assert!(offer.ja4.starts_with("t13d0303h2_"), "{}", offer.ja4);
+        assert_eq!(offer.ja3_string(), "771,4865-49199-22016,0-43-16,,");
+        assert_eq!(offer.ja3().len(), 32);
+        assert!(offer.ja4().starts_with("t13d0303h2_"), "{}", offer.ja4());
     }
 
     #[test]

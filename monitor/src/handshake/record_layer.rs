@@ -154,6 +154,20 @@ impl RecordLayer {
 
     fn records(&mut self, mut data: &[u8], out: &mut Vec<Item>) {
         while !data.is_empty() && self.mode == Mode::Records {
+            if self.pending.is_empty() && data.len() >= 5 {
+                // A record that starts here: read in place when `data` holds all of it.
+                let total = 5 + usize::from(u16::from_be_bytes([data[3], data[4]]));
+                if !is_record_header(data) || total - 5 > MAX_RECORD {
+                    self.desynchronised(out);
+                    return;
+                }
+                if data.len() >= total {
+                    self.record(data[0], &data[5..total], out);
+                    data = &data[total..];
+                    continue;
+                }
+                self.pending.reserve_exact(total);
+            }
             let need = self.record_len_needed();
             let take = (need - self.pending.len()).min(data.len());
             self.pending.extend_from_slice(&data[..take]);
@@ -162,9 +176,7 @@ impl RecordLayer {
                 continue;
             }
             if !is_record_header(&self.pending) || self.body_len() > MAX_RECORD {
-                out.push(Item::Desynchronised);
-                self.mode = Mode::Stopped;
-                self.pending = Vec::new();
+                self.desynchronised(out);
                 return;
             }
             if self.pending.len() == 5 + self.body_len() {
@@ -172,6 +184,12 @@ impl RecordLayer {
                 self.record(record[0], &record[5..], out);
             }
         }
+    }
+
+    fn desynchronised(&mut self, out: &mut Vec<Item>) {
+        out.push(Item::Desynchronised);
+        self.mode = Mode::Stopped;
+        self.pending = Vec::new();
     }
 
     fn body_len(&self) -> usize {
@@ -222,6 +240,18 @@ impl RecordLayer {
                 }
                 continue;
             }
+            if self.handshake.is_empty() && body.len() >= 4 {
+                // A message that starts here: copied once when `body` holds all of it.
+                let (msg_type, len) = message_header(body);
+                if len <= MAX_HANDSHAKE_MESSAGE && body.len() >= 4 + len {
+                    out.push(Item::Handshake {
+                        msg_type,
+                        body: body[4..4 + len].to_vec(),
+                    });
+                    body = &body[4 + len..];
+                    continue;
+                }
+            }
             if self.handshake.len() < 4 {
                 let n = (4 - self.handshake.len()).min(body.len());
                 self.handshake.extend_from_slice(&body[..n]);
@@ -230,14 +260,13 @@ impl RecordLayer {
                     return;
                 }
             }
-            let h = &self.handshake;
-            let msg_type = h[0];
-            let len = usize::from(h[1]) << 16 | usize::from(h[2]) << 8 | usize::from(h[3]);
+            let (msg_type, len) = message_header(&self.handshake);
             if len > MAX_HANDSHAKE_MESSAGE {
                 self.handshake.clear();
                 self.skipping = Some((len, msg_type));
                 continue;
             }
+            self.handshake.reserve_exact(4 + len - self.handshake.len());
             let have = self.handshake.len() - 4;
             let n = (len - have).min(body.len());
             self.handshake.extend_from_slice(&body[..n]);
@@ -256,6 +285,14 @@ impl RecordLayer {
             out.push(Item::OversizedHandshake { msg_type });
         }
     }
+}
+
+/// A handshake message header (at least 4 bytes): type and body length.
+fn message_header(h: &[u8]) -> (u8, usize) {
+    (
+        h[0],
+        usize::from(h[1]) << 16 | usize::from(h[2]) << 8 | usize::from(h[3]),
+    )
 }
 
 enum Start {

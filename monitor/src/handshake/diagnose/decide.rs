@@ -271,13 +271,12 @@ impl Decider<'_> {
         };
         let real_ciphers: Vec<String> = o
             .ciphers
-            .names
-            .iter()
-            .map(|n| n.to_string())
+            .names()
+            .map(|n| n.into_owned())
             .filter(|n| !n.ends_with("_SCSV"))
             .collect();
         let names = |n: &crate::handshake::hello::Named| -> Vec<String> {
-            n.names.iter().map(|s| s.to_string()).collect()
+            n.names().map(|s| s.into_owned()).collect()
         };
         if real_ciphers.len() > 3 && !o.groups.is_empty() && o.groups.ids.len() <= 2 {
             return Finding::new(
