@@ -1,6 +1,7 @@
-//! The end of reported connections: tp_btf `inet_sock_set_state` (every state change,
-//! with who closed first), `tcp_receive_reset` and `tcp_send_reset`. These are not syscall
-//! tracepoints and carry no host-wide cost.
+//! The end of reported connections: tp_btf `inet_sock_set_state` (the state changes that
+//! reveal a FIN or end the socket, `rules::state_change_reported`: who closed first),
+//! `tcp_receive_reset` and `tcp_send_reset`. These are not syscall tracepoints and carry no
+//! host-wide cost.
 
 use core::ffi::c_void;
 
