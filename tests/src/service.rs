@@ -148,6 +148,27 @@ impl Service {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
     }
 
+    /// `/v1/failures?since=5m&<query>`, polled (bounded by `limit`) until the alerts' counts
+    /// add up to at least `count`; the last answer.
+    pub fn failures_counting(&self, query: &str, count: u64, limit: Duration) -> Vec<Value> {
+        let t0 = Instant::now();
+        loop {
+            let alerts = self
+                .json(&format!("/v1/failures?since=5m&{query}"))
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let total: u64 = alerts
+                .iter()
+                .map(|a| a["count"].as_u64().unwrap_or(0))
+                .sum();
+            if total >= count || t0.elapsed() >= limit {
+                return alerts;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Sends a signal to the process.
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our child.

@@ -298,24 +298,7 @@ fn tcp_fast_open_data_in_the_syn_is_read_at_its_true_offset() {
         "no SYN carried data: Fast Open did not happen\n{syns}"
     );
     // The client's side of both connections, its alert read where it is.
-    let t0 = Instant::now();
-    let mut curl = Vec::new();
-    while t0.elapsed() < Duration::from_secs(20) {
-        curl = d
-            .json("/v1/failures?since=5m&process=curl")
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if curl
-            .iter()
-            .map(|a| a["count"].as_u64().unwrap_or(0))
-            .sum::<u64>()
-            >= 2
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let curl = d.failures_counting("process=curl", 2, Duration::from_secs(20));
     let judged: u64 = curl.iter().map(|a| a["count"].as_u64().unwrap_or(0)).sum();
     assert_eq!(judged, 2, "both curl failures:\n{curl:#?}\n{}", d.log());
     for a in &curl {
@@ -444,23 +427,7 @@ fn a_client_hello_that_reaches_a_request_socket_is_not_pinned_on_the_listener() 
     // Closing the listener ends whatever was captured on it (nothing, if nothing was).
     drop(server);
     // The clients' sides are judged as usual: their alerts.
-    let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(20) {
-        let failures = d
-            .json("/v1/failures?since=5m&process=openssl")
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if failures
-            .iter()
-            .map(|a| a["count"].as_u64().unwrap_or(0))
-            .sum::<u64>()
-            >= 2
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    d.failures_counting("process=openssl", 2, Duration::from_secs(20));
     // The servers' sides lack their ClientHellos: counted as incomplete, nothing captured on
     // the listener (which would give it a failure of its own once closed).
     let mut status = d.json("/v1/status");
