@@ -55,6 +55,10 @@ fn event(n: u64, now_ms: u64, host: &Host) -> Event {
             ip: format!("10.{}.{}.{}", (n >> 16) & 255, (n >> 8) & 255, n & 255),
             port: 40_000 + (n % 20_000) as u16,
         }),
+        service: Some(Endpoint {
+            ip: "10.0.0.1".into(),
+            port: 443,
+        }),
         sni: Some("api.example.com".into()),
         tls: TlsFacts::default(),
         alert: None,

@@ -68,6 +68,17 @@ pub struct Endpoint {
     pub port: u16,
 }
 
+/// `ip:port`, or `[ip]:port` for IPv6.
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.ip.contains(':') {
+            write!(f, "[{}]:{}", self.ip, self.port)
+        } else {
+            write!(f, "{}:{}", self.ip, self.port)
+        }
+    }
+}
+
 impl From<SocketAddr> for Endpoint {
     fn from(a: SocketAddr) -> Self {
         let ip = match a.ip() {
@@ -118,6 +129,9 @@ pub struct Event {
     pub role: Role,
     pub local: Option<Endpoint>,
     pub peer: Option<Endpoint>,
+    /// The service that failed: the address and port a client connected to, or a server's
+    /// own listener (its local address and port). Alerts are per service.
+    pub service: Option<Endpoint>,
     pub sni: Option<String>,
     pub tls: TlsFacts,
     pub alert: Option<AlertInfo>,
@@ -181,6 +195,10 @@ pub fn from_verdict(
     let process = process.map(ProcessRef::from_info);
     let local = v.conn.as_ref().map(|c| Endpoint::from(c.local));
     let peer = v.conn.as_ref().map(|c| Endpoint::from(c.peer));
+    let service = match role {
+        Role::Server => local.clone(),
+        Role::Client | Role::Unknown => peer.clone(),
+    };
     let ms = v.first_unix_ns / 1_000_000;
     let mut ev = Event {
         schema: SCHEMA,
@@ -193,6 +211,7 @@ pub fn from_verdict(
         role,
         local,
         peer,
+        service,
         sni: None,
         tls: TlsFacts::default(),
         alert: None,
@@ -267,15 +286,7 @@ fn who(ev: &Event) -> String {
         .map_or("unknown process".to_owned(), |p| {
             format!("{} (pid {})", p.comm, p.pid)
         });
-    let end = |e: &Option<Endpoint>| {
-        e.as_ref().map_or("?".to_owned(), |e| {
-            if e.ip.contains(':') {
-                format!("[{}]:{}", e.ip, e.port)
-            } else {
-                format!("{}:{}", e.ip, e.port)
-            }
-        })
-    };
+    let end = |e: &Option<Endpoint>| e.as_ref().map_or("?".to_owned(), Endpoint::to_string);
     match ev.role {
         Role::Client => format!("{name} as client {} → {}", end(&ev.local), end(&ev.peer)),
         Role::Server => format!("{name} as server {} ← {}", end(&ev.local), end(&ev.peer)),
@@ -383,6 +394,10 @@ pub(crate) mod test_support {
                 port: 40000,
             }),
             peer: Some(Endpoint {
+                ip: peer.into(),
+                port: 8443,
+            }),
+            service: Some(Endpoint {
                 ip: peer.into(),
                 port: 8443,
             }),

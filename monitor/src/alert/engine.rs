@@ -2,8 +2,9 @@
 //! summary. Pure; time comes in with each event (unix ms), so windows are tested without
 //! sleeping.
 //!
-//! - The same (process, peer address, SNI, cause) within `window` of the alert's first
-//!   occurrence is one alert: `count`, `first_seen`, `last_seen`.
+//! - The same (process, service, peer address, SNI, cause) within `window` of the alert's
+//!   first occurrence is one alert: `count`, `first_seen`, `last_seen`. The service is what
+//!   failed: for a client the server's address and port, for a server its listener.
 //! - When more than `flood_peers` distinct peers fail the same way against one listener
 //!   (or one client against one port) within the window, further new peers are folded into
 //!   one summary alert for that listener instead of one alert each.
@@ -41,9 +42,12 @@ pub enum Update {
     },
 }
 
+/// What makes two failures the same alert: the program, the service (a client's server
+/// address and port, a server's listener), the peer's address, the SNI, the cause.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct AlertKey {
     process: String,
+    service: Option<(String, u16)>,
     peer_ip: String,
     sni: Option<String>,
     cause: String,
@@ -110,6 +114,7 @@ impl AlertEngine {
         let peer_ip = ev.peer.as_ref().map_or("?", |p| p.ip.as_str()).to_owned();
         let key = AlertKey {
             process: process.clone(),
+            service: ev.service.as_ref().map(|s| (s.ip.clone(), s.port)),
             peer_ip: peer_ip.clone(),
             sni: ev.sni.clone(),
             cause: ev.cause.clone(),
@@ -122,10 +127,7 @@ impl AlertEngine {
             open.count += 1;
             return count(&open.event_id, open.count, &ev, None);
         }
-        let port = match ev.role {
-            Role::Server => ev.local.as_ref().map_or(0, |e| e.port),
-            _ => ev.peer.as_ref().map_or(0, |e| e.port),
-        };
+        let port = ev.service.as_ref().map_or(0, |e| e.port);
         let lkey = ListenerKey {
             process,
             role: ev.role,
@@ -239,6 +241,10 @@ mod tests {
                 ip: peer.into(),
                 port: 50000,
             }),
+            service: Some(Endpoint {
+                ip: "10.0.0.1".into(),
+                port: 443,
+            }),
             sni: Some("example.com".into()),
             stage: None,
             cause: "no_shared_cipher".into(),
@@ -307,6 +313,38 @@ mod tests {
         ] {
             assert!(matches!(e.observe(ev), Update::New(_)));
         }
+    }
+
+    #[test]
+    fn one_client_failing_two_services_on_one_address_is_two_alerts() {
+        let mut e = AlertEngine::new(POLICY);
+        let on_port = |port: u16, at: u64| {
+            let mut ev = failure_event("127.0.0.1", at);
+            if let (Some(p), Some(s)) = (&mut ev.peer, &mut ev.service) {
+                (p.port, s.port) = (port, port);
+            }
+            ev
+        };
+        assert!(matches!(e.observe(on_port(8443, 0)), Update::New(_)));
+        assert!(matches!(e.observe(on_port(9443, 1)), Update::New(_)));
+        assert!(matches!(
+            e.observe(on_port(9443, 2)),
+            Update::Count { count: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn one_server_failing_one_client_on_two_listeners_is_two_alerts() {
+        let mut e = AlertEngine::new(POLICY);
+        let on_listener = |port: u16, at: u64| {
+            let mut ev = failure("10.1.1.1", at);
+            if let (Some(l), Some(s)) = (&mut ev.local, &mut ev.service) {
+                (l.port, s.port) = (port, port);
+            }
+            ev
+        };
+        assert!(matches!(e.observe(on_listener(443, 0)), Update::New(_)));
+        assert!(matches!(e.observe(on_listener(8443, 1)), Update::New(_)));
     }
 
     #[test]

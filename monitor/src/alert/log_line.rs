@@ -1,7 +1,7 @@
 //! The alert's `key=value` log line (journald, fail2ban, log pipelines): one line per alert,
 //! keys in a fixed order, the quoted sentence last.
 
-use super::document::{Event, wire_name};
+use super::document::{Endpoint, Event, wire_name};
 
 /// A stable `key=value` line for logs (journald, fail2ban): every value without spaces
 /// except the quoted message, which comes last.
@@ -16,7 +16,7 @@ pub fn log_fields(ev: &Event) -> String {
         )
     });
     format!(
-        "kind={} cause={} process={} pid={} exe={} unit={} role={} peer_ip={} peer_port={} local_port={} sni={} alert={} sender={} stage={} count={} event_id={} message={:?}",
+        "kind={} cause={} process={} pid={} exe={} unit={} role={} peer_ip={} peer_port={} local_port={} service={} sni={} alert={} sender={} stage={} count={} event_id={} message={:?}",
         wire_name(&ev.kind),
         ev.cause,
         opt(p.map(|p| p.comm.as_str())),
@@ -31,6 +31,9 @@ pub fn log_fields(ev: &Event) -> String {
         ev.local
             .as_ref()
             .map_or("-".to_owned(), |e| e.port.to_string()),
+        ev.service
+            .as_ref()
+            .map_or("-".to_owned(), Endpoint::to_string),
         opt(ev.sni.as_deref()),
         alert,
         ev.alert.as_ref().map_or("-", |a| a.sender.as_str()),
@@ -57,7 +60,7 @@ mod tests {
         let line = log_fields(&ev);
         assert!(
             line.starts_with(
-                "kind=handshake_failure cause=protocol_version_mismatch process=curl pid=4312 exe=/usr/bin/curl unit=session-1.scope role=client peer_ip=127.0.0.2 peer_port=8443 local_port=40122 sni=- alert=70/protocol_version sender=server stage=client_hello count=1 event_id="
+                "kind=handshake_failure cause=protocol_version_mismatch process=curl pid=4312 exe=/usr/bin/curl unit=session-1.scope role=client peer_ip=127.0.0.2 peer_port=8443 local_port=40122 service=127.0.0.2:8443 sni=- alert=70/protocol_version sender=server stage=client_hello count=1 event_id="
             ),
             "{line}"
         );

@@ -36,8 +36,8 @@ Signals (tlsmon run):
 
 Logs:
   one warn line per alert, target tlsmon::alert, in a stable key=value form:
-  kind= cause= process= pid= exe= unit= role= peer_ip= peer_port= local_port= sni=
-  alert=code/name sender= stage= count= event_id= message=\"...\"
+  kind= cause= process= pid= exe= unit= role= peer_ip= peer_port= local_port=
+  service=ip:port sni= alert=code/name sender= stage= count= event_id= message=\"...\"
   TLSMON_LOG sets the level (error, warn, info, debug; tracing filter syntax).
 
 Exit status: 0 success, 1 error (bad configuration: file:line:column and key), 2 analyze
@@ -211,6 +211,12 @@ pub struct FailuresArgs {
     /// Cause slug (self_signed, no_shared_cipher, ...).
     #[arg(long)]
     pub cause: Option<String>,
+    /// The failing service, ip:port: the server a client failed with, or a listener.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// The failing service's port.
+    #[arg(long)]
+    pub port: Option<u16>,
     #[arg(long, default_value_t = 100)]
     pub limit: u32,
 }
@@ -228,10 +234,14 @@ impl FailuresArgs {
             ("process", &self.process),
             ("peer", &self.peer),
             ("cause", &self.cause),
+            ("service", &self.service),
         ] {
             if let Some(v) = v {
                 q.push_str(&format!("&{k}={}", encode(v)));
             }
+        }
+        if let Some(port) = self.port {
+            q.push_str(&format!("&port={port}"));
         }
         q
     }

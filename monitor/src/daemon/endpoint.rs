@@ -187,6 +187,10 @@ pub struct FailuresParams {
     pub process: Option<String>,
     pub peer: Option<String>,
     pub cause: Option<String>,
+    /// `ip:port` of the failing service (a client's server, a server's listener).
+    pub service: Option<String>,
+    /// The failing service's port.
+    pub port: Option<u16>,
     pub limit: Option<u32>,
 }
 
@@ -208,6 +212,8 @@ async fn failures(
         process: p.process,
         peer: p.peer,
         cause: p.cause,
+        service: p.service,
+        port: p.port,
         limit: p.limit,
     };
     let db = s.db.clone();

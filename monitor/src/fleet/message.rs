@@ -36,7 +36,10 @@ pub struct FleetEvent {
     pub role: String,
     /// Executable path, else the process name; empty when unknown.
     pub process: String,
-    /// `ip:port` of the server: the peer for a client, this host's listener for a server.
+    /// The process name (comm); empty when unknown.
+    pub comm: String,
+    /// The failing service: for a client `sni:port` (or the peer's `ip:port` without SNI),
+    /// for a server `host/ip:port` of its listener.
     pub server: String,
     /// `ip` of the client: this host for a client (its name), the peer for a server.
     pub client: String,
@@ -199,8 +202,15 @@ fn event(origin: Origin, e: EventIn) -> Result<FleetEvent, Rejected> {
             e.peer.as_ref().map(|p| p.ip.clone()).unwrap_or_default(),
         )
     } else {
+        // The service the client failed with: its name and port when it sent one (one name
+        // can front several services), else the address and port it connected to.
+        let named = e
+            .sni
+            .as_ref()
+            .zip(e.peer.as_ref())
+            .map(|(sni, p)| format!("{sni}:{}", p.port));
         (
-            e.sni.clone().or_else(|| addr(&e.peer)).unwrap_or_default(),
+            named.or_else(|| addr(&e.peer)).unwrap_or_default(),
             e.host.name.clone(),
         )
     };
@@ -212,6 +222,7 @@ fn event(origin: Origin, e: EventIn) -> Result<FleetEvent, Rejected> {
         severity: e.severity,
         role: e.role,
         process,
+        comm: e.process.map(|p| p.comm).unwrap_or_default(),
         server,
         client,
         sni: e.sni,
@@ -350,6 +361,12 @@ mod tests {
         };
         assert_eq!(e.server, "web1/127.0.0.1:40000");
         assert_eq!(e.client, "::1");
+        // A client that named the service: its name and port (one name, several services).
+        let named = EVENT.replace(r#""sni":null"#, r#""sni":"api.example""#);
+        let Ok(Message::Event(e)) = parse("tlsmon/v1/fra1/m1/events", named.as_bytes()) else {
+            panic!("named")
+        };
+        assert_eq!(e.server, "api.example:8443");
     }
 
     #[test]

@@ -14,6 +14,10 @@ pub struct FailureQuery {
     /// Peer address or range.
     pub peer: Option<String>,
     pub cause: Option<String>,
+    /// The failing service, `ip:port` (`[v6]:port`): a client's server, a server's listener.
+    pub service: Option<String>,
+    /// The failing service's port alone.
+    pub port: Option<u16>,
     pub limit: Option<u32>,
 }
 
@@ -24,30 +28,51 @@ pub fn failures(conn: &Connection, q: &FailureQuery) -> Result<Vec<serde_json::V
         .as_deref()
         .map(str::parse::<crate::config::Cidr>)
         .transpose()?;
+    let service = q
+        .service
+        .as_deref()
+        .map(|s| {
+            s.parse::<std::net::SocketAddr>()
+                .map_err(|_| format!("service {s:?}: expected ip:port or [ipv6]:port"))
+        })
+        .transpose()?;
     let limit = q.limit.unwrap_or(100).min(10_000) as usize;
+    // The service is the listener for a server, the server's address for a client.
     let mut stmt = conn
         .prepare_cached(
-            "SELECT doc, exe, process, peer_ip FROM alerts
+            "SELECT doc, exe, process, peer_ip,
+                    CASE role WHEN 'server' THEN local_ip ELSE peer_ip END,
+                    CASE role WHEN 'server' THEN local_port ELSE peer_port END
+             FROM alerts
              WHERE last_ms >= ?1 AND (?2 IS NULL OR cause = ?2)
+               AND (?3 IS NULL OR ?3 = CASE role WHEN 'server' THEN local_port ELSE peer_port END)
              ORDER BY last_ms DESC",
         )
         .map_err(|e| e.to_string())?;
+    let port = q.port.or(service.map(|s| s.port()));
     let rows = stmt
         .query_map(
-            params![q.since_ms.unwrap_or(0) as i64, q.cause.as_deref()],
+            params![q.since_ms.unwrap_or(0) as i64, q.cause.as_deref(), port],
             |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, Option<String>>(1)?,
                     r.get::<_, Option<String>>(2)?,
                     r.get::<_, Option<String>>(3)?,
+                    r.get::<_, Option<String>>(4)?,
                 ))
             },
         )
         .map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     for row in rows {
-        let (doc, exe, comm, peer_ip) = row.map_err(|e| e.to_string())?;
+        let (doc, exe, comm, peer_ip, service_ip) = row.map_err(|e| e.to_string())?;
+        if let Some(want) = service {
+            let ip = service_ip.as_deref().and_then(|s| s.parse().ok());
+            if ip != Some(want.ip()) {
+                continue;
+            }
+        }
         if let Some(want) = &q.process {
             let base = exe.as_deref().and_then(|e| e.rsplit('/').next());
             let hit = [comm.as_deref(), exe.as_deref(), base].contains(&Some(want.as_str()));

@@ -41,6 +41,13 @@ CREATE TABLE IF NOT EXISTS fleet_gaps (
     last_ms BIGINT NOT NULL,
     received_ms BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS fleet_programs (
+    site TEXT NOT NULL,
+    host_id TEXT NOT NULL,
+    comm TEXT NOT NULL,
+    exe TEXT NOT NULL,
+    PRIMARY KEY (site, host_id, comm)
+);
 CREATE TABLE IF NOT EXISTS fleet_hosts (
     site TEXT NOT NULL,
     host_id TEXT NOT NULL,
@@ -283,8 +290,52 @@ fn host_rows(c: &mut Conn, since: &Val, limit: &Val) -> Result<Vec<HostRow>, Sql
         .collect())
 }
 
+/// The one name a program has on a host in the fleet view: its executable path once the host
+/// has reported one for that process name, else the name. A short-lived process can exit
+/// before its daemon reads /proc/PID/exe, so one program's events may come with and without
+/// the path: a name seen with a path takes it, and rows stored under the bare name before
+/// are renamed.
+fn program_name(c: &mut Conn, e: &FleetEvent) -> Result<String, SqlError> {
+    let (site, host) = (
+        Val::Text(e.origin.site.clone()),
+        Val::Text(e.origin.host_id.clone()),
+    );
+    if e.comm.is_empty() || e.comm == e.process {
+        let known = c.query(
+            "SELECT exe FROM fleet_programs WHERE site = $1 AND host_id = $2 AND comm = $3",
+            &[site, host, Val::Text(e.comm.clone())],
+        )?;
+        return Ok(known
+            .first()
+            .map(|r| get(r, 0).text())
+            .filter(|exe| !exe.is_empty())
+            .unwrap_or_else(|| e.process.clone()));
+    }
+    c.exec(
+        "INSERT INTO fleet_programs (site, host_id, comm, exe) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (site, host_id, comm) DO UPDATE SET exe = excluded.exe",
+        &[
+            site.clone(),
+            host.clone(),
+            Val::Text(e.comm.clone()),
+            Val::Text(e.process.clone()),
+        ],
+    )?;
+    c.exec(
+        "UPDATE fleet_events SET process = $4 WHERE site = $1 AND host_id = $2 AND process = $3",
+        &[
+            site,
+            host,
+            Val::Text(e.comm.clone()),
+            Val::Text(e.process.clone()),
+        ],
+    )?;
+    Ok(e.process.clone())
+}
+
 /// True when the event id was new.
 fn insert_event(c: &mut Conn, e: &FleetEvent, now_ms: i64) -> Result<bool, SqlError> {
+    let process = program_name(c, e)?;
     let count = Val::Int(i64::try_from(e.count).unwrap_or(i64::MAX));
     let inserted = c.exec(
         "INSERT INTO fleet_events (event_id, site, host_id, host_name, kind, severity, role,
@@ -299,7 +350,7 @@ fn insert_event(c: &mut Conn, e: &FleetEvent, now_ms: i64) -> Result<bool, SqlEr
             Val::Text(e.kind.clone()),
             Val::Text(e.severity.clone()),
             Val::Text(e.role.clone()),
-            Val::Text(e.process.clone()),
+            Val::Text(process),
             Val::Text(e.server.clone()),
             Val::Text(e.client.clone()),
             e.sni.clone().map_or(Val::Null, Val::Text),
@@ -391,132 +442,4 @@ fn upsert_summary(c: &mut Conn, s: &HostSummary) -> Result<u64, SqlError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::fleet::message::Origin;
-
-    fn origin(h: &str) -> Origin {
-        Origin {
-            site: "s".into(),
-            host_id: h.into(),
-        }
-    }
-
-    fn ev(id: &str, host: &str, cause: &str, count: u64, last_ms: i64) -> Message {
-        Message::Event(Box::new(FleetEvent {
-            event_id: id.into(),
-            origin: origin(host),
-            host_name: format!("{host}.name"),
-            kind: "handshake_failure".into(),
-            severity: "error".into(),
-            role: "client".into(),
-            process: "/usr/bin/curl".into(),
-            server: "api:443".into(),
-            client: format!("{host}.name"),
-            sni: None,
-            cause: cause.into(),
-            message: "m".into(),
-            count,
-            first_ms: last_ms,
-            last_ms,
-        }))
-    }
-
-    fn temp_store(name: &str) -> (FleetStore, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!("tlsmon-fleet-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let s = FleetStore::open(&FleetStoreUrl::Sqlite(dir.join("fleet.db"))).expect("open");
-        (s, dir)
-    }
-
-    #[test]
-    fn each_event_id_counts_once_and_count_updates_keep_the_highest() {
-        let (mut s, dir) = temp_store("dedup");
-        let batch = [
-            ev("a", "h1", "expired", 1, 1000),
-            ev("b", "h1", "self_signed", 1, 1000),
-            ev("a", "h1", "expired", 1, 1000),
-        ];
-        let r = s.record(&batch, 5).expect("record");
-        assert_eq!((r.new_events, r.duplicates), (2, 1));
-        // A count update of a, then an old redelivery of it.
-        let r = s
-            .record(
-                &[
-                    ev("a", "h1", "expired", 7, 2000),
-                    ev("a", "h1", "expired", 1, 1000),
-                ],
-                6,
-            )
-            .expect("record");
-        assert_eq!((r.new_events, r.duplicates), (0, 2));
-        let v = s.view(0, 10_000, 10).expect("view");
-        assert_eq!(v.totals.events, 2);
-        assert_eq!(v.totals.failures, 8);
-        assert_eq!(v.by_cause[0].name, "expired");
-        assert_eq!(v.by_cause[0].count, 7);
-        // A second store handle on the same file (a second aggregator) sees the same view.
-        let mut again =
-            FleetStore::open(&FleetStoreUrl::Sqlite(dir.join("fleet.db"))).expect("open");
-        assert_eq!(again.view(0, 10_000, 10).expect("view"), v);
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    #[test]
-    fn hosts_follow_the_newest_status_and_summary() {
-        let (mut s, dir) = temp_store("hosts");
-        let status = |state: &str, t: i64| {
-            Message::Status(HostStatus {
-                origin: origin("h1"),
-                host_name: "web1".into(),
-                state: state.into(),
-                version: "0.1.0".into(),
-                time_ms: t,
-            })
-        };
-        s.record(
-            &[
-                status("online", 10),
-                status("offline", 30),
-                status("online", 20),
-            ],
-            1,
-        )
-        .expect("record");
-        s.record(
-            &[
-                Message::Summary(HostSummary {
-                    origin: origin("h1"),
-                    judged: 50,
-                    failed: 4,
-                    time_ms: 40,
-                }),
-                ev("x", "h1", "expired", 4, 100),
-                ev("y", "h1", "self_signed", 1, 100),
-                Message::Gap(FleetGap {
-                    event_id: "g".into(),
-                    origin: origin("h1"),
-                    reason: "outbox_full".into(),
-                    dropped: 12,
-                    first_ms: 50,
-                    last_ms: 60,
-                }),
-            ],
-            2,
-        )
-        .expect("record");
-        let v = s.view(0, 200, 10).expect("view");
-        assert_eq!((v.totals.hosts, v.totals.hosts_online), (1, 0));
-        assert_eq!((v.totals.gaps, v.totals.dropped), (1, 12));
-        let h = &v.by_host[0];
-        assert_eq!(
-            (h.state.as_str(), h.judged, h.failed_handshakes, h.failures),
-            ("offline", 50, 4, 5)
-        );
-        assert_eq!(h.top_cause.as_deref(), Some("expired"));
-        assert_eq!(v.over_time.len(), 1);
-        assert_eq!(s.prune(101).expect("prune"), 3);
-        assert_eq!(s.view(0, 200, 10).expect("view").totals.events, 0);
-        let _ = std::fs::remove_dir_all(dir);
-    }
-}
+mod tests;
