@@ -471,15 +471,14 @@ fn rule_close_after_a_tls12_handshake_whose_leaf_names_another_host() {
 }
 
 #[test]
-fn rule_close_after_a_tls13_handshake_without_data() {
-    let f = finding("closed_after_handshake_tls13_curl");
-    let Rule::ClosedAfterHandshake {
-        sni, tls13: true, ..
-    } = &f.rule
+fn rule_close_after_a_tls13_handshake_without_data_is_no_failure() {
+    // TLS 1.3 hides the certificate: nothing on the wire says why curl closed (its host
+    // name check), exactly as a health check closes. An observation, not a failure.
+    let Decision::ClosedWithoutData { after_ms } = decision("closed_after_handshake_tls13_curl")
     else {
-        panic!("{:?}", f.rule)
+        panic!("{:?}", decision("closed_after_handshake_tls13_curl"))
     };
-    assert_eq!(sni.as_deref(), Some("localhost"));
+    assert!(after_ms < 1_000, "{after_ms}");
 }
 
 #[test]

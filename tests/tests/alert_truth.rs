@@ -1,7 +1,7 @@
 //! Alerts an operator can act on, end to end against real programs: one alert per failing
 //! service. Privileged: run through `sudo ./x test`.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, process::Command, time::Duration};
 
 use serde_json::Value;
 use tlsmon_e2e::*;
@@ -79,5 +79,134 @@ fn each_failing_service_is_its_own_alert() {
         d.log().contains(&format!(" service=127.0.0.1:{b} ")),
         "{}",
         d.log()
+    );
+}
+
+/// haproxy checking `server` with a TLS handshake every 200 ms (`check-ssl`), as a load
+/// balancer does; its config in `dir`.
+fn haproxy_checking(dir: &TempDir, server: SocketAddr) -> Bg {
+    let conf = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &conf,
+        format!(
+            "defaults\n  mode tcp\n  timeout connect 1s\n  timeout client 5s\n  timeout server 5s\n\
+             listen probe\n  bind 127.0.0.1:{}\n  server s1 {server} check check-ssl verify none inter 200ms\n",
+            free_port()
+        ),
+    )
+    .expect("write haproxy.cfg");
+    spawn(Command::new("haproxy").arg("-db").arg("-f").arg(&conf))
+}
+
+#[test]
+#[ignore = "privileged: run `sudo ./x test`"]
+fn health_checks_and_probes_raise_no_failure() {
+    let pki = self_signed_cert_for_days(365);
+    let port = free_port();
+    let d = Daemon::start("");
+    let _nginx = nginx_tls(&pki, port, "");
+    let server = addr(port);
+    // openssl s_client with nothing to send (TLS 1.3, and TLS 1.2 with the certificate
+    // visible and valid), twice each.
+    for extra in [&[][..], &[], &["-tls1_2"], &["-tls1_2"]] {
+        openssl_client(server, extra);
+    }
+    // curl completing a request.
+    for _ in 0..2 {
+        let (ok, out) = run_bounded(
+            Command::new("curl").args(["-sSk", "--max-time", "5", &format!("https://{server}/")]),
+            Duration::from_secs(10),
+        );
+        assert!(ok, "{out}");
+    }
+    // A plain TCP connect and close.
+    for _ in 0..2 {
+        drop(std::net::TcpStream::connect(server).expect("connect"));
+    }
+    // haproxy's TLS health check for two seconds.
+    let checker = haproxy_checking(&pki, server);
+    std::thread::sleep(Duration::from_secs(2));
+    drop(checker);
+    // The probes are counted for the service, on both ends.
+    let service = format!("127.0.0.1:{port}");
+    let t0 = std::time::Instant::now();
+    let mut status = d.json("/v1/status");
+    while status["handshakes"]["closed_after_handshake_by_service"][&service].as_u64() < Some(8)
+        && t0.elapsed() < Duration::from_secs(20)
+    {
+        std::thread::sleep(Duration::from_millis(200));
+        status = d.json("/v1/status");
+    }
+    let closed = status["handshakes"]["closed_after_handshake_by_service"][&service]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(closed >= 8, "{status:#}\n{}", d.log());
+    std::thread::sleep(Duration::from_secs(1));
+    let failures = d.json("/v1/failures?since=5m");
+    assert_eq!(
+        failures.as_array().map(Vec::len),
+        Some(0),
+        "{failures:#}\n{}",
+        d.log()
+    );
+    assert!(!d.log().contains("tlsmon::alert"), "{}", d.log());
+    let metrics = d.get("/metrics").1;
+    assert!(
+        metrics.contains(&format!(
+            "tlsmon_closed_after_handshake_total{{service=\"{service}\",role=\"server\"}}"
+        )),
+        "{metrics}"
+    );
+    let (ok, text) = run_bounded(
+        Command::new(tlsmon_bin())
+            .args(["status", "--endpoint"])
+            .arg(d.endpoint.to_string()),
+        Duration::from_secs(10),
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("handshakes closed without data (health checks or a late rejection)"),
+        "{text}"
+    );
+}
+
+#[test]
+#[ignore = "privileged: run `sudo ./x test`"]
+fn a_tls12_close_over_a_visible_hostname_mismatch_is_still_a_failure() {
+    // A certificate for another name; curl trusts it as a CA but checks the name after the
+    // TLS 1.2 handshake, then closes without a request.
+    let pki = TempDir::new("pki-other-name");
+    let ok = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "365",
+        ])
+        .args(["-subj", "/CN=www.example.com"])
+        .arg("-keyout")
+        .arg(pki.path().join("key.pem"))
+        .arg("-out")
+        .arg(pki.path().join("cert.pem"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "openssl req");
+    let port = free_port();
+    let d = Daemon::start("");
+    let _nginx = nginx_tls(&pki, port, "");
+    let (ok, out) = run_bounded(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "5", "--tls-max", "1.2", "--cacert"])
+            .arg(pki.path().join("cert.pem"))
+            .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+            .arg(format!("https://localhost:{port}/")),
+        Duration::from_secs(10),
+    );
+    assert!(!ok, "curl must refuse the name: {out}");
+    let failures = d.failures_counting("process=curl", 1, Duration::from_secs(20));
+    assert_eq!(failures.len(), 1, "{failures:#?}\n{}", d.log());
+    assert_eq!(
+        failures[0]["cause"], "hostname_mismatch",
+        "{:#}",
+        failures[0]
     );
 }

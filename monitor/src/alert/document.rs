@@ -195,10 +195,7 @@ pub fn from_verdict(
     let process = process.map(ProcessRef::from_info);
     let local = v.conn.as_ref().map(|c| Endpoint::from(c.local));
     let peer = v.conn.as_ref().map(|c| Endpoint::from(c.peer));
-    let service = match role {
-        Role::Server => local.clone(),
-        Role::Client | Role::Unknown => peer.clone(),
-    };
+    let service = v.conn.as_ref().map(|c| Endpoint::from(c.service()));
     let ms = v.first_unix_ns / 1_000_000;
     let mut ev = Event {
         schema: SCHEMA,
@@ -482,6 +479,7 @@ mod tests {
             server_certificates: Vec::new(),
             leaf_expires_in_days: days,
             resumed: false,
+            closed_without_data_ms: None,
             timing: crate::handshake::Timing::default(),
         }));
         v

@@ -111,7 +111,7 @@ fn wanted(opts: &AnalyzeOptions, o: &HandshakeOutcome) -> bool {
 
 fn table_header() -> String {
     format!(
-        "{:<23} {:<22} {:<22} {:<20} {:<8} {:<10} {:<20} {:<28} {:<26} MESSAGE",
+        "{:<23} {:<22} {:<22} {:<20} {:<8} {:<22} {:<20} {:<28} {:<26} MESSAGE",
         "TIME", "CLIENT", "SERVER", "SNI", "VERSION", "OUTCOME", "STAGE", "ALERT", "CAUSE"
     )
 }
@@ -156,7 +156,13 @@ pub fn table_row(r: &Report) -> String {
             "-".into(),
             "-".into(),
             format!(
-                "{}{}",
+                "{}{}{}",
+                c.closed_without_data_ms
+                    .map(|ms| format!(
+                        "the client closed {ms} ms after the handshake without sending data \
+                         (a health check, a probe, or a rejection the wire does not show); "
+                    ))
+                    .unwrap_or_default(),
                 c.selected.cipher_name,
                 c.leaf_expires_in_days
                     .map(|d| format!(", certificate expires in {d} days"))
@@ -189,7 +195,7 @@ pub fn table_row(r: &Report) -> String {
         ),
     };
     format!(
-        "{:<23} {:<22} {:<22} {:<20} {:<8} {:<10} {:<20} {:<28} {:<26} {}",
+        "{:<23} {:<22} {:<22} {:<20} {:<8} {:<22} {:<20} {:<28} {:<26} {}",
         rfc3339(r.first_ns),
         r.client.to_string(),
         r.server.to_string(),

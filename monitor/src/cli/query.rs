@@ -123,6 +123,25 @@ pub fn status_text(v: &Value) -> String {
             reasons.join(", ")
         ));
     }
+    let closed = n(v, "/handshakes/closed_after_handshake");
+    if closed > 0 {
+        let mut services: Vec<(String, u64)> = v["handshakes"]["closed_after_handshake_by_service"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(service, count)| (service.clone(), count.as_u64().unwrap_or(0)))
+            .collect();
+        services.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let top: Vec<String> = services
+            .iter()
+            .take(5)
+            .map(|(service, count)| format!("{service} {count}"))
+            .collect();
+        out.push_str(&format!(
+            "{closed} handshakes closed without data (health checks or a late rejection): {}\n",
+            top.join(", ")
+        ));
+    }
     for (title, key) in [("last 5 min", "last_5m"), ("last hour", "last_1h")] {
         let procs = v[key]["processes"].as_array().cloned().unwrap_or_default();
         if procs.is_empty() {

@@ -71,6 +71,12 @@ pub struct Handshakes {
     /// The same, by reason (`ring_loss`, `missing_start`, `hole`, `budget`, `evicted`,
     /// `unknown_role`).
     pub capture_incomplete_by_reason: std::collections::BTreeMap<&'static str, u64>,
+    /// Handshakes that completed and were closed without data, nothing wrong on the wire
+    /// (health checks, probes, or a rejection only the client's library knows): never
+    /// failures.
+    pub closed_after_handshake: u64,
+    /// The same, by service (`ip:port`: a client's server, a server's listener).
+    pub closed_after_handshake_by_service: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -152,6 +158,11 @@ async fn status(State(s): State<Arc<DaemonState>>) -> Response {
         open_connections: s.metrics.open_connections.get(),
         handshakes: {
             let incomplete = s.incomplete_by_reason();
+            let closed = s
+                .closed_without_data
+                .lock()
+                .map(|m| m.clone())
+                .unwrap_or_default();
             Handshakes {
                 judged: s.judged.load(Ordering::Relaxed),
                 ok: s.ok.load(Ordering::Relaxed),
@@ -159,6 +170,8 @@ async fn status(State(s): State<Arc<DaemonState>>) -> Response {
                 warnings: s.warnings.load(Ordering::Relaxed),
                 capture_incomplete: incomplete.values().sum(),
                 capture_incomplete_by_reason: incomplete,
+                closed_after_handshake: closed.values().sum(),
+                closed_after_handshake_by_service: closed,
             }
         },
         alerts: s.alerts.load(Ordering::Relaxed),

@@ -33,7 +33,7 @@ use crate::{
     publish::Publisher,
     state::{
         DaemonState,
-        metrics::{AlertLabels, HandshakeLabels, raise_to},
+        metrics::{AlertLabels, HandshakeLabels, ServiceLabels, raise_to},
     },
     store::{OutboxPolicy, Retention, Success, Write, Writer},
 };
@@ -151,6 +151,22 @@ impl Daemon {
                     .map(|c| c.version_name.to_string())
                     .unwrap_or_default();
                 (d.cause.slug(), version)
+            }
+            HandshakeOutcome::Completed(c) if c.closed_without_data_ms.is_some() => {
+                // A health check, a probe, or a rejection the wire cannot show: counted per
+                // service, never a failure.
+                let service = v.conn.as_ref().map(|c| (c.service(), c.role));
+                if let Some((addr, role)) = service {
+                    let counted = s.count_closed_without_data(addr.to_string());
+                    s.metrics
+                        .closed_after_handshake
+                        .get_or_create(&ServiceLabels {
+                            service: counted,
+                            role: alert::wire_name(&role),
+                        })
+                        .inc();
+                }
+                (String::new(), c.selected.version_name.to_string())
             }
             HandshakeOutcome::Completed(c) => {
                 s.ok.fetch_add(1, Ordering::Relaxed);

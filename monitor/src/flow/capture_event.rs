@@ -145,12 +145,18 @@ impl CaptureEvent {
 }
 
 impl ConnInfo {
+    /// The service this connection is for: our listener when we accepted it, the address
+    /// we connected to otherwise.
+    pub fn service(&self) -> SocketAddr {
+        match self.role {
+            Role::Server => self.local,
+            _ => self.peer,
+        }
+    }
+
     /// The TLS server's port: ours when we accepted, the peer's otherwise.
     pub fn server_port(&self) -> u16 {
-        match self.role {
-            Role::Server => self.local.port(),
-            _ => self.peer.port(),
-        }
+        self.service().port()
     }
 }
 

@@ -113,7 +113,6 @@ pub enum Cause {
     CertRevoked,
     HandshakeTimeout,
     ServerCertRejected,
-    ClosedAfterHandshake,
     DecodeError,
     InternalError,
     Other,
@@ -236,6 +235,10 @@ pub struct Completed {
     /// Days until the leaf expires (negative: expired), when the chain was visible.
     pub leaf_expires_in_days: Option<i64>,
     pub resumed: bool,
+    /// The client closed this many ms after the handshake without sending data, and the
+    /// wire shows nothing wrong: a health check, a probe, or a rejection only the client's
+    /// library knows (not a failure).
+    pub closed_without_data_ms: Option<u64>,
     pub timing: Timing,
 }
 
@@ -269,9 +272,13 @@ impl HandshakeOutcome {
         }
     }
 
-    /// "completed", "failed", "not_tls", "undecided".
+    /// "completed", "closed_after_handshake" (completed, then closed without data), "failed",
+    /// "not_tls", "undecided".
     pub fn kind(&self) -> &'static str {
         match self {
+            HandshakeOutcome::Completed(c) if c.closed_without_data_ms.is_some() => {
+                "closed_after_handshake"
+            }
             HandshakeOutcome::Completed(_) => "completed",
             HandshakeOutcome::Failed(_) => "failed",
             HandshakeOutcome::NotTls(_) => "not_tls",

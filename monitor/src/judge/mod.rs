@@ -266,7 +266,7 @@ fn settled(d: &Decision) -> bool {
     match d {
         Decision::Failed(f) => settled_failure(f.inferred, f.alert.as_ref(), f.cause),
         Decision::NotTls => true,
-        Decision::Completed | Decision::Undecided => false,
+        Decision::Completed | Decision::ClosedWithoutData { .. } | Decision::Undecided => false,
     }
 }
 

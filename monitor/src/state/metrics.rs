@@ -11,12 +11,21 @@ use crate::http::serve::encode_registry;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandshakeLabels {
-    /// completed, failed, not_tls, undecided.
+    /// completed, closed_after_handshake, failed, not_tls, capture_incomplete.
     pub outcome: String,
     /// The cause slug for failures, "" otherwise.
     pub cause: String,
     /// The negotiated (or highest offered) version, "" when unknown.
     pub version: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// `ip:port` of the service (a client's server, a server's listener), or "other" past
+    /// `state::MAX_SERVICES` distinct ones.
+    pub service: String,
+    /// client or server: which end was judged.
+    pub role: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -29,6 +38,7 @@ pub struct AlertLabels {
 pub struct Metrics {
     registry: Registry,
     pub handshakes: Family<HandshakeLabels, Counter>,
+    pub closed_after_handshake: Family<ServiceLabels, Counter>,
     pub alerts: Family<AlertLabels, Counter>,
     pub ring_drops: Counter,
     pub budget_truncated_bytes: Counter,
@@ -53,6 +63,13 @@ impl Metrics {
             "handshakes",
             "TLS handshakes judged, by outcome, cause and version",
             handshakes.clone(),
+        );
+        let closed_after_handshake = Family::<ServiceLabels, Counter>::default();
+        registry.register(
+            "closed_after_handshake",
+            "Handshakes that completed and were closed without data, nothing wrong on the wire \
+             (health checks, probes, or a rejection only the client's library knows), by service",
+            closed_after_handshake.clone(),
         );
         let alerts = Family::<AlertLabels, Counter>::default();
         registry.register(
@@ -105,6 +122,7 @@ impl Metrics {
         Metrics {
             registry,
             handshakes,
+            closed_after_handshake,
             alerts,
             ring_drops,
             budget_truncated_bytes,

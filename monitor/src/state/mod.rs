@@ -6,6 +6,7 @@
 pub mod metrics;
 
 use std::{
+    collections::BTreeMap,
     path::PathBuf,
     sync::{
         Arc, Mutex,
@@ -36,7 +37,13 @@ pub struct DaemonState {
     /// Connections whose capture missed what their outcome would rest on, by reason
     /// (index: `Incomplete::ALL`).
     pub incomplete: [AtomicU64; Incomplete::ALL.len()],
+    /// Handshakes closed without data and nothing wrong on the wire, by service (`ip:port`;
+    /// past `MAX_SERVICES` distinct services the rest count under "other").
+    pub closed_without_data: Mutex<BTreeMap<String, u64>>,
 }
+
+/// Distinct services counted one by one (the status page and the metric labels stay bounded).
+pub const MAX_SERVICES: usize = 256;
 
 impl DaemonState {
     pub fn new(db: PathBuf, config: String) -> Self {
@@ -55,7 +62,23 @@ impl DaemonState {
             config,
             mqtt: Mutex::new(None),
             incomplete: Default::default(),
+            closed_without_data: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// One more handshake closed without data on `service`; the name it was counted under
+    /// (`service`, or "other" once `MAX_SERVICES` are known).
+    pub fn count_closed_without_data(&self, service: String) -> String {
+        let Ok(mut m) = self.closed_without_data.lock() else {
+            return service;
+        };
+        let key = if m.contains_key(&service) || m.len() < MAX_SERVICES {
+            service
+        } else {
+            "other".to_owned()
+        };
+        *m.entry(key.clone()).or_default() += 1;
+        key
     }
 
     pub fn count_incomplete(&self, reason: Incomplete) {
@@ -65,7 +88,7 @@ impl DaemonState {
     }
 
     /// Connections with an incomplete capture, by reason (reasons never seen left out).
-    pub fn incomplete_by_reason(&self) -> std::collections::BTreeMap<&'static str, u64> {
+    pub fn incomplete_by_reason(&self) -> BTreeMap<&'static str, u64> {
         Incomplete::ALL
             .iter()
             .zip(&self.incomplete)

@@ -7,7 +7,7 @@
 
 use super::rule::{OfferedVersions, Refusal, Rule, ServerReaction, Subject};
 use super::tls13::{FLIGHT_WITH_CERTIFICATE, TLS13_ALERT_LEN, Tls13Records};
-use crate::handshake::certs::CertSummary;
+use crate::handshake::certs::{CertSummary, ChainFacts};
 use crate::handshake::outcome::{AlertInfo, Cause, CloseKind, Closed, Party, Stage};
 use crate::handshake::record_layer::RecordLayer;
 use crate::handshake::{Facts, SeenAlert};
@@ -20,6 +20,12 @@ const TIMEOUT_NS: u64 = 1_000_000_000;
 pub enum Decision {
     Failed(Finding),
     Completed,
+    /// The handshake completed and the client closed `after_ms` later without sending data,
+    /// with nothing on the wire to say why (a health check, a probe, or a rejection only the
+    /// client's library knows).
+    ClosedWithoutData {
+        after_ms: u64,
+    },
     NotTls,
     /// Too early to say.
     Undecided,
@@ -397,24 +403,32 @@ impl Decider<'_> {
         }
     }
 
+    /// The client closed right after the handshake without sending data. That is what a
+    /// health check, a probe or a certificate monitor does, so it is a failure only when the
+    /// wire shows what was wrong: a visible certificate that does not name the host asked
+    /// for, or is outside its validity. Otherwise it is an observation, not a failure.
     fn closed_after_handshake(&self, after_ns: u64) -> Decision {
         let chain = self.f.server_certs.as_deref().filter(|c| !c.is_empty());
-        let mut found = match (chain.and_then(|c| c.first()), self.sni()) {
-            (Some(leaf), Some(host)) if !leaf.matches_host(&host) => Finding::new(
+        let now = (self.f.last_ns / 1_000_000_000) as i64;
+        let mut found = match (chain, self.sni()) {
+            (Some(chain), Some(host)) if !chain[0].matches_host(&host) => Finding::new(
                 Cause::HostnameMismatch,
                 Rule::HostnameMismatchAfterHandshake {
                     host,
-                    names: cert_names(leaf),
+                    names: cert_names(&chain[0]),
                 },
             ),
-            (_, sni) => Finding::new(
-                Cause::ClosedAfterHandshake,
-                Rule::ClosedAfterHandshake {
+            (Some(chain), _)
+                if (ChainFacts { chain }).expired_at(now).is_some()
+                    || (ChainFacts { chain }).not_yet_valid_at(now).is_some() =>
+            {
+                self.expiry_cause(Some(chain), now)
+            }
+            _ => {
+                return Decision::ClosedWithoutData {
                     after_ms: after_ns / 1_000_000,
-                    sni,
-                    tls13: self.f.tls13(),
-                },
-            ),
+                };
+            }
         };
         found.inferred = true;
         found.alert = Some(AlertInfo::encrypted(Party::Client, None));

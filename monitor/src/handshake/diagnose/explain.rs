@@ -259,19 +259,6 @@ pub fn sentence(rule: &Rule) -> String {
         HostnameMismatchAfterHandshake { host, names } => format!(
             "the handshake completed but the client closed at once without sending data: it asked for {host} and the certificate is for {names} (clients such as curl check the name after the handshake)"
         ),
-        ClosedAfterHandshake {
-            after_ms,
-            sni,
-            tls13,
-        } => format!(
-            "the handshake completed but the client closed {after_ms} ms later without sending data{}: typical of a client that checks the host name or a pin after the handshake (curl, OpenSSL); {}",
-            sni_phrase(sni.as_deref()),
-            if *tls13 {
-                "TLS 1.3 hides the certificate, so the name cannot be checked here"
-            } else {
-                "the certificate names match, so look at pinning or the client's own checks"
-            }
-        ),
         EncryptedAlertBeforeFinished { from, stage } => format!(
             "the {} sent an encrypted alert after ChangeCipherSpec at stage {}, before the handshake finished",
             from.as_str(),

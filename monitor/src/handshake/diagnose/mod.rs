@@ -28,7 +28,8 @@ pub(crate) fn outcome(
 ) -> HandshakeOutcome {
     match decide::decide(f, layers, finish_at) {
         Decision::Failed(found) => fail(f, layers, found),
-        Decision::Completed => completed(f, layers),
+        Decision::Completed => completed(f, layers, None),
+        Decision::ClosedWithoutData { after_ms } => completed(f, layers, Some(after_ms)),
         Decision::NotTls => HandshakeOutcome::NotTls(NotTls {
             client_sample: sample(layers, Party::Client),
             server_sample: sample(layers, Party::Server),
@@ -65,7 +66,11 @@ fn fail(f: &Facts, layers: &[RecordLayer; 2], found: Finding) -> HandshakeOutcom
     }))
 }
 
-fn completed(f: &Facts, layers: &[RecordLayer; 2]) -> HandshakeOutcome {
+fn completed(
+    f: &Facts,
+    layers: &[RecordLayer; 2],
+    closed_without_data_ms: Option<u64>,
+) -> HandshakeOutcome {
     let Some(selected) = f.choice.clone() else {
         return HandshakeOutcome::Undecided;
     };
@@ -80,6 +85,7 @@ fn completed(f: &Facts, layers: &[RecordLayer; 2]) -> HandshakeOutcome {
         selected,
         server_certificates: certs,
         leaf_expires_in_days,
+        closed_without_data_ms,
         timing: timing(f, layers),
     }))
 }

@@ -206,12 +206,6 @@ pub enum Rule {
     /// The client closed at once after a handshake whose visible certificate does not name
     /// the host it asked for.
     HostnameMismatchAfterHandshake { host: String, names: String },
-    /// The client closed at once after the handshake, without data.
-    ClosedAfterHandshake {
-        after_ms: u64,
-        sni: Option<String>,
-        tls13: bool,
-    },
     /// TLS <= 1.2: an encrypted alert after ChangeCipherSpec before both Finished.
     EncryptedAlertBeforeFinished { from: Party, stage: Stage },
 
