@@ -230,9 +230,29 @@ const _: () = assert!(size_of::<OwnerEvent>() == 56);
 /// Largest record on the ring.
 pub const MAX_RECORD: usize = size_of::<DataEvent>() + DATA_CHUNK;
 
+/// Bits of a `TLS_PORTS` entry (the map is indexed by port).
+pub mod tls_port {
+    /// Configured as TLS: wherever the port appears (local or peer), the service is TLS.
+    pub const CONFIGURED: u8 = 1;
+    /// Some learned service (`TLS_SERVICES`) has this port: worth a lookup there.
+    pub const LEARNED: u8 = 2;
+}
+
+/// A service learned to speak TLS, key of `TLS_SERVICES`: its address as IPv6 (IPv4 as
+/// `::ffff:a.b.c.d`, as a dual-stack socket holds it) and its port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(size_of::<ServiceKey>() == 24);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain-old-data: repr(C), integer fields only, explicit padding.
     unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::Task {}
+    unsafe impl aya::Pod for super::ServiceKey {}
 }

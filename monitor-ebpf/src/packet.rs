@@ -8,15 +8,18 @@ use core::ptr;
 use aya_ebpf::{
     EbpfContext,
     bindings::{__sk_buff, bpf_sock, bpf_tcp_sock},
-    btf_maps::Array,
+    btf_maps::{Array, HashMap},
     helpers::generated::{bpf_sk_fullsock, bpf_skb_load_bytes, bpf_tcp_sock},
     macros::{btf_map, cgroup_skb},
     programs::SkBuffContext,
 };
 use monitor_common::{
-    counter, direction,
+    ServiceKey, counter, direction,
     rules::{self, PacketBytes, TCP_LISTEN, TcpCounters},
+    tls_port,
 };
+
+const AF_INET: u32 = 2;
 
 use crate::{
     capture, direction_budget, floor,
@@ -25,11 +28,17 @@ use crate::{
     watch_limit,
 };
 
-/// Ports known to speak TLS (either end of a connection), indexed by port: non-zero = TLS.
-/// Userspace fills it from configuration and from the TLS handshakes it has seen. An array
-/// (64 KiB): its lookups are inlined by the verifier, and it cannot fill up.
+/// Ports, indexed by port, as `tls_port` bits: configured as TLS (at either end of a
+/// connection), or the port of some learned service. An array (64 KiB): its lookups are
+/// inlined by the verifier, and it cannot fill up.
 #[btf_map]
 static TLS_PORTS: Array<u8, 65536> = Array::new();
+
+/// Services learned to speak TLS (a listener of this host, a server its clients reached),
+/// by address and port. Userspace adds and forgets them; looked up only for a port whose
+/// `tls_port::LEARNED` bit is set.
+#[btf_map]
+static TLS_SERVICES: HashMap<ServiceKey, u8, 4096> = HashMap::new();
 
 #[cgroup_skb(egress)]
 pub fn tlsmon_egress(ctx: SkBuffContext) -> i32 {
@@ -223,6 +232,46 @@ pub unsafe fn port_speaks_tls(sk: *mut bpf_sock) -> bool {
             u16::from_be(ptr::read_volatile(&(*sk).dst_port)),
         )
     };
-    let tls = |port: u16| TLS_PORTS.get(u32::from(port)).is_some_and(|v| *v != 0);
-    tls(local) || tls(peer)
+    let bits = |port: u16| TLS_PORTS.get(u32::from(port)).map_or(0, |v| *v);
+    let (l, p) = (bits(local), bits(peer));
+    if (l | p) & tls_port::CONFIGURED != 0 {
+        return true;
+    }
+    // SAFETY: as above.
+    unsafe {
+        (l & tls_port::LEARNED != 0 && learned(sk, local, false))
+            || (p & tls_port::LEARNED != 0 && learned(sk, peer, true))
+    }
+}
+
+/// The socket's local (or peer) address and `port` is a learned TLS service.
+#[inline(always)]
+unsafe fn learned(sk: *mut bpf_sock, port: u16, peer: bool) -> bool {
+    let mut key = ServiceKey {
+        port,
+        ..ServiceKey::default()
+    };
+    // SAFETY: 4-byte context field reads through the verifier-checked pointer.
+    unsafe {
+        if ptr::read_volatile(&(*sk).family) == AF_INET {
+            let ip = if peer {
+                ptr::read_volatile(&(*sk).dst_ip4)
+            } else {
+                ptr::read_volatile(&(*sk).src_ip4)
+            };
+            key.addr[10] = 0xff;
+            key.addr[11] = 0xff;
+            key.addr[12..].copy_from_slice(&ip.to_ne_bytes());
+        } else {
+            for w in 0..4 {
+                let ip = if peer {
+                    ptr::read_volatile(&(*sk).dst_ip6[w])
+                } else {
+                    ptr::read_volatile(&(*sk).src_ip6[w])
+                };
+                key.addr[w * 4..w * 4 + 4].copy_from_slice(&ip.to_ne_bytes());
+            }
+        }
+        TLS_SERVICES.get_ptr(&key).is_some()
+    }
 }

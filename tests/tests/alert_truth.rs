@@ -210,3 +210,131 @@ fn a_tls12_close_over_a_visible_hostname_mismatch_is_still_a_failure() {
         failures[0]
     );
 }
+
+#[test]
+#[ignore = "privileged: run `sudo ./x test`"]
+fn tls_is_learned_per_service_not_per_port_number() {
+    let port = free_port();
+    let d = Daemon::start("");
+    // A remote TLS server on PORT (its own network namespace), reached by a client of ours
+    // (another namespace): the remote service speaks TLS.
+    let (client_ns, remote_ns) = (
+        tlsmon_e2e::fleet::Netns::create("client"),
+        tlsmon_e2e::fleet::Netns::create("remote"),
+    );
+    let (_, remote_ip) = client_ns.link(&remote_ns, 77);
+    let pki = self_signed_cert_for_days(365);
+    let _remote = spawn(
+        remote_ns
+            .exec("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept"])
+            .arg(format!("{remote_ip}:{port}"))
+            .arg("-cert")
+            .arg(pki.path().join("cert.pem"))
+            .arg("-key")
+            .arg(pki.path().join("key.pem")),
+    );
+    wait_listening_in(
+        &remote_ns.0,
+        &format!("{remote_ip}:{port}"),
+        Duration::from_secs(10),
+    );
+    let remote = format!("https://{remote_ip}:{port}/");
+    let (ok, out) = run_bounded(
+        client_ns
+            .exec("curl")
+            .args(["-sSk", "--max-time", "5", &remote]),
+        Duration::from_secs(10),
+    );
+    assert!(ok, "{out}");
+    // A local plaintext HTTP service on the same port number.
+    let web = spawn(
+        Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1"])
+            .arg(port.to_string())
+            .current_dir(pki.path()),
+    );
+    wait_listening(addr(port), Duration::from_secs(10));
+    // A local TLS listener, learned from one handshake, then sent plaintext.
+    let tls_port = free_port();
+    let _nginx = nginx_tls(&pki, tls_port, "");
+    let (ok, out) = run_bounded(
+        Command::new("curl").args([
+            "-sSk",
+            "--max-time",
+            "5",
+            &format!("https://127.0.0.1:{tls_port}/"),
+        ]),
+        Duration::from_secs(10),
+    );
+    assert!(ok, "{out}");
+    let t0 = std::time::Instant::now();
+    let learned = |d: &Daemon| -> Vec<String> {
+        d.json("/v1/status")["tls_services"]["learned"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["service"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let want = [
+        format!("{remote_ip}:{port}"),
+        format!("127.0.0.1:{tls_port}"),
+    ];
+    while !want.iter().all(|w| learned(&d).contains(w)) && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let known = learned(&d);
+    assert!(
+        want.iter().all(|w| known.contains(w)),
+        "{known:?}\n{}",
+        d.log()
+    );
+    assert!(!known.contains(&format!("127.0.0.1:{port}")), "{known:?}");
+    for _ in 0..2 {
+        let (ok, out) = run_bounded(
+            Command::new("curl").args([
+                "-sS",
+                "--max-time",
+                "5",
+                &format!("http://127.0.0.1:{port}/"),
+            ]),
+            Duration::from_secs(10),
+        );
+        assert!(ok, "{out}");
+        run_bounded(
+            Command::new("curl").args([
+                "-sS",
+                "--max-time",
+                "5",
+                &format!("http://127.0.0.1:{tls_port}/"),
+            ]),
+            Duration::from_secs(10),
+        );
+    }
+    let refused = d.failures_counting(&format!("port={tls_port}"), 2, Duration::from_secs(20));
+    assert!(
+        refused
+            .iter()
+            .all(|a| a["cause"] == "plaintext_to_tls_port"),
+        "{refused:#?}"
+    );
+    assert!(
+        refused
+            .iter()
+            .map(|a| a["count"].as_u64().unwrap_or(0))
+            .sum::<u64>()
+            >= 2,
+        "{refused:#?}\n{}",
+        d.log()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let plain = d.json(&format!("/v1/failures?since=5m&port={port}"));
+    assert_eq!(
+        plain.as_array().map(Vec::len),
+        Some(0),
+        "{plain:#}\n{}",
+        d.log()
+    );
+    drop(web);
+}

@@ -15,11 +15,12 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr},
 };
-use monitor_common::{counter, globals};
+use monitor_common::{ServiceKey, counter, globals, tls_port};
 
 use crate::flow::{
     CaptureEvent,
     capture_event::{DecodeError, decode},
+    tls_services::Change,
 };
 
 /// The eBPF object built by `monitor/build.rs` (empty unless built through `cargo xtask`).
@@ -116,9 +117,12 @@ pub struct Capture {
     ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
     tls_ports: Array<MapData, u8>,
+    tls_services: HashMap<MapData, ServiceKey, u8>,
     stop: HashMap<MapData, u64, u8>,
-    /// Ports already set in `tls_ports`.
-    known_tls_ports: std::collections::HashSet<u16>,
+    /// Ports configured as TLS.
+    configured_ports: std::collections::HashSet<u16>,
+    /// Learned services per port (the `tls_port::LEARNED` bit is set while non-zero).
+    learned_per_port: std::collections::HashMap<u16, u32>,
     /// Names of the attached programs, for status output.
     pub attached: Vec<&'static str>,
 }
@@ -334,9 +338,11 @@ impl Capture {
             .map_err(ebpf_err("opening TLS_PORTS"))?;
         let stop =
             HashMap::try_from(take_map(&mut ebpf, "STOP")?).map_err(ebpf_err("opening STOP"))?;
+        let tls_services = HashMap::try_from(take_map(&mut ebpf, "TLS_SERVICES")?)
+            .map_err(ebpf_err("opening TLS_SERVICES"))?;
         for port in &cfg.tls_ports {
             tls_ports
-                .set(u32::from(*port), &1, 0)
+                .set(u32::from(*port), &tls_port::CONFIGURED, 0)
                 .map_err(ebpf_err("filling TLS_PORTS"))?;
         }
         Ok(Capture {
@@ -344,8 +350,10 @@ impl Capture {
             ring,
             counters,
             tls_ports,
+            tls_services,
             stop,
-            known_tls_ports: cfg.tls_ports.iter().copied().collect(),
+            configured_ports: cfg.tls_ports.iter().copied().collect(),
+            learned_per_port: std::collections::HashMap::new(),
             attached,
         })
     }
@@ -387,13 +395,39 @@ impl Capture {
     }
 
     /// Marks a port as speaking TLS (plaintext sent to it will be sampled).
-    pub fn add_tls_port(&mut self, port: u16) {
-        // One map update per port, not per handshake (a syscall each).
-        if !self.known_tls_ports.insert(port) {
-            return;
+    /// Mirrors a change of the learned TLS services into `TLS_SERVICES` and the port's
+    /// `tls_port::LEARNED` bit (a map update per change, not per handshake).
+    pub fn follow(&mut self, change: Change) {
+        let (addr, learned) = match change {
+            Change::Learned(a) => (a, true),
+            Change::Forgotten(a) => (a, false),
+        };
+        let key = service_key(addr);
+        let port = addr.port();
+        let n = self.learned_per_port.entry(port).or_default();
+        let before = *n;
+        let res = if learned {
+            *n += 1;
+            self.tls_services.insert(&key, &1, 0)
+        } else {
+            *n = n.saturating_sub(1);
+            self.tls_services.remove(&key)
+        };
+        if let Err(e) = res {
+            tracing::debug!(%addr, error = %e, "TLS_SERVICES not updated");
         }
-        if let Err(e) = self.tls_ports.set(u32::from(port), &1, 0) {
-            tracing::debug!(port, error = %e, "TLS_PORTS not updated");
+        let after = *n;
+        if after == 0 {
+            self.learned_per_port.remove(&port);
+        }
+        if (before == 0) != (after == 0) {
+            let mut bits = if after > 0 { tls_port::LEARNED } else { 0 };
+            if self.configured_ports.contains(&port) {
+                bits |= tls_port::CONFIGURED;
+            }
+            if let Err(e) = self.tls_ports.set(u32::from(port), &bits, 0) {
+                tracing::debug!(port, error = %e, "TLS_PORTS not updated");
+            }
         }
     }
 
@@ -422,6 +456,19 @@ fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, CaptureError>
         what: format!("map {name}"),
         source: "missing from the eBPF object".into(),
     })
+}
+
+/// The kernel's key for a service: IPv4 as `::ffff:a.b.c.d`, as dual-stack sockets hold it.
+fn service_key(addr: std::net::SocketAddr) -> ServiceKey {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        std::net::IpAddr::V6(v6) => v6,
+    };
+    ServiceKey {
+        addr: ip.octets(),
+        port: addr.port(),
+        _pad: [0; 6],
+    }
 }
 
 #[cfg(test)]

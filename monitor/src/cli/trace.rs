@@ -14,7 +14,9 @@ use crate::{
         process::{ConnectionProcesses, ProcessInfo},
     },
     clock::monotonic_ns,
-    flow::{CaptureKind, Direction, Flow, FlowLimits, FlowTable, Role, Side, tls_records},
+    flow::{
+        CaptureKind, Direction, Flow, FlowLimits, FlowTable, Role, Side, TlsServices, tls_records,
+    },
 };
 
 /// One finished connection as `trace` reports it.
@@ -193,6 +195,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<KernelCounters> {
         ..FlowLimits::default()
     });
     let mut processes = ConnectionProcesses::default();
+    let mut services = TlsServices::new(&opts.capture.tls_ports);
     let mut printer = Printer {
         json: opts.json,
         with_bytes: opts.with_bytes,
@@ -223,7 +226,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<KernelCounters> {
             };
             processes.observe(&ev);
             if let Some(flow) = table.apply(ev) {
-                learn_tls_port(&mut cap, &flow);
+                learn_tls_service(&mut cap, &mut services, &flow);
                 let name = processes.take(flow.cookie, flow.owner.as_ref());
                 printer.flow(&flow, name);
             }
@@ -254,16 +257,14 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<KernelCounters> {
     Ok(counters)
 }
 
-/// A port that just carried a TLS handshake speaks TLS: plaintext sent to it later is sampled.
-fn learn_tls_port(cap: &mut Capture, flow: &Flow) {
+/// A service that just carried TLS speaks TLS: plaintext sent to it later is sampled.
+fn learn_tls_service(cap: &mut Capture, services: &mut TlsServices, flow: &Flow) {
     if flow.kind != Some(CaptureKind::Tls) {
         return;
     }
     if let Some(c) = &flow.conn {
-        match c.role {
-            Role::Server => cap.add_tls_port(c.local.port()),
-            Role::Client => cap.add_tls_port(c.peer.port()),
-            Role::Unknown => {}
+        for change in services.completed(c, false, monotonic_ns()) {
+            cap.follow(change);
         }
     }
 }

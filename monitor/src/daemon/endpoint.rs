@@ -79,6 +79,23 @@ pub struct Handshakes {
     pub closed_after_handshake_by_service: std::collections::BTreeMap<String, u64>,
 }
 
+/// What is known to speak TLS (plaintext sent there is `plaintext_to_tls_port`).
+#[derive(Debug, Serialize)]
+pub struct TlsServicesDoc {
+    /// Configured as TLS wherever they appear.
+    pub configured_ports: Vec<u16>,
+    /// Learned from completed handshakes: local listeners and remote servers, oldest first.
+    pub learned: Vec<LearnedService>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LearnedService {
+    /// `ip:port`: a listener of this host or a server its clients reached.
+    pub service: String,
+    /// Seconds since a handshake last completed on it (forgotten after a day).
+    pub last_seen_secs_ago: u64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct StatusDoc {
     pub uptime_secs: u64,
@@ -93,6 +110,8 @@ pub struct StatusDoc {
     pub last_1h: TopLists,
     /// The newest alerts (documents), up to 10.
     pub recent: Vec<serde_json::Value>,
+    /// What is known to speak TLS.
+    pub tls_services: TlsServicesDoc,
     /// The MQTT publisher, when configured.
     pub mqtt: Option<MqttStatus>,
 }
@@ -178,6 +197,21 @@ async fn status(State(s): State<Arc<DaemonState>>) -> Response {
         last_5m,
         last_1h,
         recent,
+        tls_services: {
+            let now = crate::clock::monotonic_ns();
+            let known = s.tls_services.lock().map(|t| t.clone()).unwrap_or_default();
+            TlsServicesDoc {
+                configured_ports: known.configured_ports,
+                learned: known
+                    .learned
+                    .into_iter()
+                    .map(|(service, seen)| LearnedService {
+                        service,
+                        last_seen_secs_ago: now.saturating_sub(seen) / 1_000_000_000,
+                    })
+                    .collect(),
+            }
+        },
         mqtt: s.mqtt.lock().ok().and_then(|m| {
             m.as_ref().map(|m| MqttStatus {
                 connected: m.connected.load(Ordering::Relaxed),

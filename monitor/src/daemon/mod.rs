@@ -32,7 +32,7 @@ use crate::{
     mqtt,
     publish::Publisher,
     state::{
-        DaemonState,
+        DaemonState, TlsServicesSnapshot,
         metrics::{AlertLabels, HandshakeLabels, ServiceLabels, raise_to},
     },
     store::{OutboxPolicy, Retention, Success, Write, Writer},
@@ -115,10 +115,8 @@ impl Daemon {
         if v.early {
             cap.stop_flow(v.cookie);
         }
-        if let (HandshakeOutcome::Completed(_), Some(c)) = (&v.outcome, &v.conn) {
-            let port = c.server_port();
-            cap.add_tls_port(port);
-            self.judge.add_tls_port(port);
+        for change in self.judge.learn(&v, monotonic_ns()) {
+            cap.follow(change);
         }
         if v.incomplete.is_none() && !v.outcome.is_decided() {
             return;
@@ -224,6 +222,26 @@ impl Daemon {
                     s.metrics.store_errors.inc();
                 }
             }
+        }
+    }
+
+    /// Forgets learned TLS services not seen for a day and copies what is known for the
+    /// status endpoint.
+    fn tls_services(&mut self, cap: &mut Capture, mono: u64) {
+        for change in self.judge.forget_stale_services(mono) {
+            cap.follow(change);
+        }
+        let known = self.judge.tls_services();
+        let snapshot = TlsServicesSnapshot {
+            configured_ports: known.configured(),
+            learned: known
+                .learned()
+                .into_iter()
+                .map(|(a, t)| (a.to_string(), t))
+                .collect(),
+        };
+        if let Ok(mut s) = self.shared.tls_services.lock() {
+            *s = snapshot;
         }
     }
 
@@ -394,6 +412,7 @@ pub async fn run(cfg: Config, origin: Origin) -> anyhow::Result<()> {
     // tlsmon's own connections (MQTT) are never judged, even when the kernel could not
     // name them at connect().
     d.judge.ignore_tgid(std::process::id());
+    d.tls_services(&mut cap, monotonic_ns());
     notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&format!(
@@ -455,6 +474,9 @@ pub async fn run(cfg: Config, origin: Origin) -> anyhow::Result<()> {
             d.write_successes();
             d.write_counts();
             d.counters(&cap);
+            if second.is_multiple_of(5) {
+                d.tls_services(&mut cap, mono);
+            }
             if watchdog {
                 notify(&[sd_notify::NotifyState::Watchdog]);
             }

@@ -13,7 +13,7 @@ use monitor_common::tcp_state;
 use crate::{
     flow::{
         CaptureEvent, CaptureKind, ConnInfo, Direction, Flow, FlowLimits, FlowTable, Incomplete,
-        Lifecycle, Role, Side, Task,
+        Lifecycle, Role, Side, Task, TlsServices, tls_services,
     },
     handshake::{
         AlertInfo, Cause, CloseKind, Connection, ConnectionMeta, HandshakeOutcome, Party,
@@ -57,7 +57,7 @@ pub struct Judge {
     /// Cookies already judged, with the monotonic time of their last event; later events
     /// of theirs (the close after an early verdict) are dropped.
     judged: HashMap<u64, u64>,
-    tls_ports: Vec<u16>,
+    services: TlsServices,
     idle_ns: u64,
     /// unix ns = monotonic ns + offset.
     unix_offset_ns: i64,
@@ -69,13 +69,14 @@ pub struct Judge {
 }
 
 impl Judge {
+    /// `tls_ports`: ports configured as TLS (wherever they appear).
     pub fn new(limits: FlowLimits, tls_ports: Vec<u16>) -> Self {
         Judge {
             idle_ns: limits.idle_ns,
             table: FlowTable::new(limits),
             fed: HashMap::new(),
             judged: HashMap::new(),
-            tls_ports,
+            services: TlsServices::new(&tls_ports),
             unix_offset_ns: 0,
             own_tgid: None,
             ring_loss_ns: None,
@@ -104,10 +105,27 @@ impl Judge {
     }
 
     /// Adds a port known to speak TLS (plaintext sent to it is a failure).
-    pub fn add_tls_port(&mut self, port: u16) {
-        if !self.tls_ports.contains(&port) {
-            self.tls_ports.push(port);
+    /// A verdict's lesson about which services speak TLS: a completed handshake teaches its
+    /// service (not after a STARTTLS upgrade, not for an unknown role). The changes for the
+    /// kernel's maps.
+    pub fn learn(&mut self, v: &Verdict, now_mono_ns: u64) -> Vec<tls_services::Change> {
+        match (&v.outcome, &v.conn) {
+            (HandshakeOutcome::Completed(_), Some(c)) if v.incomplete.is_none() => {
+                let upgraded = v.capture == Some(CaptureKind::Upgraded);
+                self.services.completed(c, upgraded, now_mono_ns)
+            }
+            _ => Vec::new(),
         }
+    }
+
+    /// Learned services not seen for a day, forgotten: the changes for the kernel's maps.
+    pub fn forget_stale_services(&mut self, now_mono_ns: u64) -> Vec<tls_services::Change> {
+        self.services.expire(now_mono_ns)
+    }
+
+    /// What is known to speak TLS.
+    pub fn tls_services(&self) -> &TlsServices {
+        &self.services
     }
 
     /// Connections being watched.
@@ -136,7 +154,7 @@ impl Judge {
                 self.fed.remove(&cookie);
                 return None;
             }
-            feed(&mut self.fed, &self.tls_ports, offset, &flow, ts);
+            feed(&mut self.fed, &self.services, offset, &flow, ts);
             let fed = self.fed.remove(&cookie);
             return Some(self.verdict(&flow, fed, ts, false));
         }
@@ -147,7 +165,7 @@ impl Judge {
             self.judged.insert(cookie, ts);
             return None;
         }
-        let fed = feed(&mut self.fed, &self.tls_ports, offset, flow, ts)?;
+        let fed = feed(&mut self.fed, &self.services, offset, flow, ts)?;
         // A server's socket is named by the first read of its process, which can come after
         // the bytes that settle the outcome (plaintext sent to a TLS port): wait for the name,
         // or judge at close.
@@ -284,7 +302,7 @@ fn to_unix(mono_ns: u64, offset_ns: i64) -> u64 {
 /// what it has been fed, or `None` while the flow has no bytes.
 fn feed<'a>(
     all: &'a mut HashMap<u64, Fed>,
-    tls_ports: &[u16],
+    services: &TlsServices,
     offset_ns: i64,
     flow: &Flow,
     ts_mono: u64,
@@ -301,10 +319,7 @@ fn feed<'a>(
     let first = to_unix(flow.first_ns, offset_ns);
     let meta = ConnectionMeta {
         tls_port: flow.kind == Some(CaptureKind::Sample)
-            || flow
-                .conn
-                .as_ref()
-                .is_some_and(|c| tls_ports.contains(&c.server_port())),
+            || flow.conn.as_ref().is_some_and(|c| services.is_tls(c)),
     };
     let fed = all.entry(flow.cookie).or_insert_with(|| {
         let mut conn = Connection::new(meta);

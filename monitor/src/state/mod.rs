@@ -40,6 +40,16 @@ pub struct DaemonState {
     /// Handshakes closed without data and nothing wrong on the wire, by service (`ip:port`;
     /// past `MAX_SERVICES` distinct services the rest count under "other").
     pub closed_without_data: Mutex<BTreeMap<String, u64>>,
+    /// What is known to speak TLS, as of the daemon's last copy (every few seconds).
+    pub tls_services: Mutex<TlsServicesSnapshot>,
+}
+
+/// Ports configured as TLS and services learned to speak it.
+#[derive(Debug, Clone, Default)]
+pub struct TlsServicesSnapshot {
+    pub configured_ports: Vec<u16>,
+    /// (service `ip:port`, monotonic ns last seen completing a handshake), oldest first.
+    pub learned: Vec<(String, u64)>,
 }
 
 /// Distinct services counted one by one (the status page and the metric labels stay bounded).
@@ -63,6 +73,7 @@ impl DaemonState {
             mqtt: Mutex::new(None),
             incomplete: Default::default(),
             closed_without_data: Mutex::new(BTreeMap::new()),
+            tls_services: Mutex::new(TlsServicesSnapshot::default()),
         }
     }
 
