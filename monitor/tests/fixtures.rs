@@ -8,7 +8,9 @@ use monitor_common::tcp_state;
 use serde_json::Value;
 use tlsmon::analyze::conversations::{Event, Report, replay, verdict};
 use tlsmon::analyze::{Pass, analyze_file};
-use tlsmon::flow::{CaptureEvent, ConnInfo, DataChunk, Direction, FlowLimits, Lifecycle, Role};
+use tlsmon::flow::{
+    CaptureEvent, ConnInfo, DataChunk, Direction, FlowLimits, Lifecycle, Role, Task,
+};
 use tlsmon::handshake::{CloseKind, DEFAULT_TLS_PORTS, HandshakeOutcome, Party};
 use tlsmon::judge::Judge;
 
@@ -97,11 +99,9 @@ fn matches(expect: &Value, got: &Value) -> bool {
         "inferred",
     ]
     .iter()
-    .all(|k| {
-        expect[k].is_null()
-            || got[k] == expect[k]
-            || (*k == "inferred" && expect[k] == false && got[k].is_null())
-    })
+    // Every field is checked: `null` means "none" (no readable alert code, no cause), never
+    // "anything".
+    .all(|k| got[k] == expect[k] || (*k == "inferred" && expect[k] == false && got[k].is_null()))
 }
 
 #[test]
@@ -274,7 +274,14 @@ fn as_capture_events(r: &Report, local: Party) -> Vec<CaptureEvent> {
             peer: peer_addr,
             socket_cgroup_id: 1,
         },
-        owner: None,
+        // Named, as the kernel names a client at connect() (the judge gives no verdict
+        // before the connection has an owner).
+        owner: Some(Task {
+            tgid: 4242,
+            pid: 4242,
+            cgroup_id: 1,
+            comm: "fixture".into(),
+        }),
         missed_start: false,
     }];
     let mut seq = [START; 2];
@@ -460,4 +467,78 @@ fn the_output_does_not_depend_on_the_number_of_workers() {
         assert_eq!(lines(workers), one, "{workers} workers");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Client certificate refusals in TLS 1.3 where the client's request reaches the server
+/// before the server's alert (what Go and HAProxy servers show: curl writes its request
+/// right after its Finished). At that moment the handshake looks completed; it must not be
+/// judged before the server has had its say.
+#[test]
+fn a_tls13_refusal_that_follows_the_clients_request_is_still_a_failure() {
+    for name in [
+        "client_cert_required_tls13_curl",
+        "client_cert_untrusted_tls13_curl",
+    ] {
+        let f = fixtures()
+            .into_iter()
+            .find(|f| f.name == name)
+            .expect("fixture");
+        let mut r = f.report.clone();
+        let mut events = r.events.take().expect("recorded");
+        // The server's one record after the client's flight, and the client's request after it.
+        let alert = events
+            .iter()
+            .position(|e| matches!(e, Event::Data { from: Party::Server, bytes, .. } if bytes.len() == 24))
+            .expect("the server's alert record");
+        // Where the request came after the alert, put it first (the order Go and HAProxy
+        // show); where it came first already, the recording is that order.
+        if let Some(after) = events[alert..].iter().position(|e| {
+            matches!(
+                e,
+                Event::Data {
+                    from: Party::Client,
+                    ..
+                }
+            )
+        }) {
+            let moved = events.remove(alert + after);
+            let ts = match &events[alert] {
+                Event::Data { ts_ns, .. } => *ts_ns,
+                _ => unreachable!(),
+            };
+            let Event::Data { from, bytes, .. } = moved else {
+                unreachable!()
+            };
+            events.insert(
+                alert,
+                Event::Data {
+                    from,
+                    ts_ns: ts.saturating_sub(1_000),
+                    bytes,
+                },
+            );
+        }
+        r.events = Some(events);
+        for local in [Party::Client, Party::Server] {
+            let mut judge = Judge::new(
+                FlowLimits {
+                    idle_ns: u64::MAX / 2,
+                    ..FlowLimits::default()
+                },
+                DEFAULT_TLS_PORTS.to_vec(),
+            );
+            let mut verdicts: Vec<_> = as_capture_events(&r, local)
+                .into_iter()
+                .filter_map(|e| judge.apply(e))
+                .collect();
+            verdicts.extend(judge.drain(r.end_ns));
+            assert_eq!(verdicts.len(), 1, "{name} from the {local:?}");
+            let got = observed(&verdicts[0].outcome);
+            assert!(
+                matches(&f.spec["expect"], &got),
+                "{name} from the {local:?}: expected {} got {got}",
+                f.spec["expect"]
+            );
+        }
+    }
 }

@@ -218,7 +218,7 @@ impl RecordLayer {
                 code: body[1],
             }),
             CT_ALERT => out.push(Item::EncryptedAlert { len: body.len() }),
-            CT_HANDSHAKE if self.encrypted => {
+            CT_HANDSHAKE if self.encrypted && !is_whole_hello(body) => {
                 out.push(Item::EncryptedHandshake { len: body.len() })
             }
             CT_HANDSHAKE => self.handshake_bytes(body, out),
@@ -285,6 +285,15 @@ impl RecordLayer {
             out.push(Item::OversizedHandshake { msg_type });
         }
     }
+}
+
+/// A record body that is exactly one ClientHello or ServerHello: plaintext even after a
+/// ChangeCipherSpec. TLS 1.3 sends a dummy ChangeCipherSpec for middlebox compatibility
+/// (RFC 8446 §D.4), and after a HelloRetryRequest the second ClientHello and the real
+/// ServerHello follow it in the clear. An encrypted TLS <= 1.2 Finished is ciphertext: the
+/// chance that it starts like this is 2 in 2^32.
+fn is_whole_hello(body: &[u8]) -> bool {
+    body.len() >= 4 && matches!(body[0], 1 | 2) && message_header(body).1 == body.len() - 4
 }
 
 /// A handshake message header (at least 4 bytes): type and body length.
@@ -413,6 +422,28 @@ mod tests {
                 "EncryptedHandshake { len: 40 }",
                 "Alert { level: 2, code: 40 }",
                 "ApplicationData { len: 19 }"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_hello_after_a_tls13_compatibility_change_cipher_spec_is_plaintext() {
+        // After a HelloRetryRequest: the client's dummy ChangeCipherSpec, then its second
+        // ClientHello in the clear; a TLS 1.2 Finished after ChangeCipherSpec stays sealed.
+        let mut hello = vec![1, 0, 0, 40];
+        hello.extend([7u8; 40]);
+        let mut s = record(CT_CHANGE_CIPHER_SPEC, &[1]);
+        s.extend(record(CT_HANDSHAKE, &hello));
+        s.extend(record(CT_HANDSHAKE, &[0x9c; 40]));
+        assert_eq!(
+            items(&[&s]),
+            [
+                Item::ChangeCipherSpec,
+                Item::Handshake {
+                    msg_type: 1,
+                    body: vec![7; 40]
+                },
+                Item::EncryptedHandshake { len: 40 },
             ]
         );
     }

@@ -333,15 +333,18 @@ impl Decider<'_> {
         let server_closed = f.closes[Party::Server.index()].is_some();
         let client_closed = f.closes[Party::Client.index()].is_some();
         let ended = server_closed || self.finish_at.is_some();
+        // The server answered the client's Finished with one alert-sized record and a close,
+        // and never a response: it refused the client's flight (its certificate, or the
+        // lack of one). A client that speaks first (curl: Finished and the request at once)
+        // has data after its Finished; what decides is that the server sent nothing else.
         if let Some((len, _)) = r.server_after_client_finished
             && len == TLS13_ALERT_LEN
             && r.server_records_after_client_finished == 1
-            && !r.client_data_after_finished
             && ended
         {
             let with_certificate = r.client_flight_bytes > FLIGHT_WITH_CERTIFICATE;
             let (cause, code) = if with_certificate {
-                (Cause::Tls13EncryptedAlert, None)
+                (Cause::ClientCertRejected, None)
             } else {
                 (Cause::ClientCertRequired, Some(116))
             };
