@@ -50,7 +50,14 @@ pub unsafe fn on_untracked(
         let c = counters(sk, tp);
         let fresh = rules::first_payload(dir, &c, seg.seq);
         let head = payload_head(skb, seg);
-        let tls = rules::looks_like_tls(&head);
+        // A server's first bytes that are a plaintext alert, after client bytes that did not
+        // look like TLS (else the connection would have state): plaintext sent to a TLS
+        // listener, answered as Java does. Captured with the client's start missing.
+        let answer = dir == direction::EGRESS
+            && rules::plaintext_alert(&head)
+            && c.data_segs_in != 0
+            && rules::missed_peer_start(dir, &c, seg.seq).is_some();
+        let tls = rules::looks_like_tls(&head) || answer;
         if !tls && !(fresh && port_speaks_tls(sk)) {
             return None;
         }

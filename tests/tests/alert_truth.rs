@@ -338,3 +338,53 @@ fn tls_is_learned_per_service_not_per_port_number() {
     );
     drop(web);
 }
+
+#[test]
+#[ignore = "privileged: run `sudo ./x test`"]
+fn plaintext_to_a_fresh_tls_listener_that_answers_with_an_alert_is_caught() {
+    // A Java TLS server on a port nobody configured or learned; curl sends it HTTP. Java
+    // answers with a plaintext unexpected_message alert: the kernel keeps that answer, and
+    // the server's side is plaintext_to_tls_port.
+    let pki = self_signed_cert_for_days(365);
+    let p12 = pki.path().join("server.p12");
+    let (ok, out) = run_bounded(
+        Command::new("openssl")
+            .args(["pkcs12", "-export", "-passout", "pass:changeit", "-in"])
+            .arg(pki.path().join("cert.pem"))
+            .arg("-inkey")
+            .arg(pki.path().join("key.pem"))
+            .arg("-out")
+            .arg(&p12),
+        Duration::from_secs(30),
+    );
+    assert!(ok, "{out}");
+    let port = free_port();
+    let d = Daemon::start("");
+    let java = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/TlsServer.java");
+    let _server = spawn(
+        Command::new("java")
+            .arg(java)
+            .arg(port.to_string())
+            .arg(&p12),
+    );
+    wait_listening(addr(port), Duration::from_secs(60));
+    for _ in 0..2 {
+        run_bounded(
+            Command::new("curl").args([
+                "-sS",
+                "--max-time",
+                "5",
+                &format!("http://127.0.0.1:{port}/"),
+            ]),
+            Duration::from_secs(10),
+        );
+    }
+    let alerts = d.failures_counting(&format!("port={port}"), 2, Duration::from_secs(20));
+    assert_eq!(alerts.len(), 1, "{alerts:#?}\n{}", d.log());
+    let a = &alerts[0];
+    assert_eq!(a["cause"], "plaintext_to_tls_port", "{a:#}");
+    assert_eq!(a["role"], "server", "{a:#}");
+    assert_eq!(a["process"]["comm"], "java", "{a:#}");
+    assert_eq!(a["alert"]["code"], 10, "{a:#}");
+    assert_eq!(a["count"], 2, "{a:#}");
+}

@@ -15,6 +15,16 @@ pub fn looks_like_tls(head: &[u8; 5]) -> bool {
             && (head[3] == 0x03 || (head[3] == 0x00 && head[4] == 0x02)))
 }
 
+/// A plaintext TLS alert record (type 21, version 3.x, length 2): what a TLS server (Java's)
+/// sends as its first bytes when the client's were not a TLS record. Read only on a server's
+/// first egress payload after client data segments that did not look like TLS (a peer that
+/// only closed has no data segments, though its FIN counts as a received byte), so plaintext
+/// sent to a TLS listener nobody has configured or learned is caught.
+#[inline(always)]
+pub fn plaintext_alert(head: &[u8; 5]) -> bool {
+    head[0] == 0x15 && head[1] == 0x03 && head[2] <= 0x04 && head[3] == 0 && head[4] == 2
+}
+
 /// Of a payload that `looks_like_tls`, whether it starts a ClientHello: an SSLv2 hello is
 /// one by construction; a handshake record is one when its first message has type 1
 /// (`msg_type`: the sixth byte, when the segment has it).

@@ -1,6 +1,14 @@
 use super::*;
 
 #[test]
+fn a_plaintext_alert_record_is_told_from_other_records_and_text() {
+    assert!(plaintext_alert(&[0x15, 0x03, 0x03, 0x00, 0x02])); // Java's answer to HTTP
+    assert!(!plaintext_alert(&[0x15, 0x03, 0x03, 0x00, 0x13])); // encrypted (19 bytes)
+    assert!(!plaintext_alert(&[0x16, 0x03, 0x03, 0x00, 0x02]));
+    assert!(!plaintext_alert(b"HTTP/"));
+}
+
+#[test]
 fn tls_records_and_sslv2_hellos_look_like_tls_and_text_does_not() {
     assert!(looks_like_tls(&[0x16, 0x03, 0x01, 0x02, 0x00])); // TLS 1.0 record
     assert!(looks_like_tls(&[0x16, 0x03, 0x04, 0x00, 0x10])); // highest legacy version

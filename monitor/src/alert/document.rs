@@ -56,9 +56,11 @@ impl ProcessRef {
         }
     }
 
-    /// What alerts group by: the executable, or the name when it is unknown.
+    /// What alerts group by: the process name (comm). It is always known, from the kernel;
+    /// the executable is not (a short-lived process can exit before /proc/PID/exe is read),
+    /// and grouping by it made one program two alerts, with and without its path.
     pub fn identity(&self) -> &str {
-        self.exe.as_deref().unwrap_or(&self.comm)
+        &self.comm
     }
 }
 
@@ -330,7 +332,10 @@ pub(crate) mod test_support {
     use crate::handshake::{Connection, ConnectionMeta, Party};
 
     pub(crate) fn failed_verdict() -> Verdict {
-        let mut c = Connection::new(ConnectionMeta { tls_port: true });
+        let mut c = Connection::new(ConnectionMeta {
+            tls_port: true,
+            ..ConnectionMeta::default()
+        });
         c.data(Party::Client, 1_000, &[22, 3, 1, 0, 4, 1, 0, 0, 0]);
         c.data(Party::Server, 2_000, &[21, 3, 3, 0, 2, 2, 70]);
         Verdict {

@@ -334,6 +334,20 @@ mod tests {
     }
 
     #[test]
+    fn a_program_whose_path_could_not_be_read_is_still_the_same_alert() {
+        let mut e = AlertEngine::new(POLICY);
+        let mut gone = failure_event("127.0.0.1", 1);
+        if let Some(p) = &mut gone.process {
+            p.exe = None;
+        }
+        assert!(matches!(
+            e.observe(failure_event("127.0.0.1", 0)),
+            Update::New(_)
+        ));
+        assert!(matches!(e.observe(gone), Update::Count { count: 2, .. }));
+    }
+
+    #[test]
     fn one_server_failing_one_client_on_two_listeners_is_two_alerts() {
         let mut e = AlertEngine::new(POLICY);
         let on_listener = |port: u16, at: u64| {

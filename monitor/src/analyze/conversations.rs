@@ -245,6 +245,7 @@ impl Tracker {
         let (client, server) = self.roles(seg);
         let meta = ConnectionMeta {
             tls_port: self.tls_ports.contains(&server.port()),
+            ..ConnectionMeta::default()
         };
         let mut conn = Connection::new(meta);
         conn.opened(ts_ns);

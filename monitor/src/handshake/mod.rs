@@ -37,6 +37,9 @@ pub const DEFAULT_TLS_PORTS: &[u16] = &[
 pub struct ConnectionMeta {
     /// The server port is a known TLS port (443, 8443, ...): plaintext there is a failure.
     pub tls_port: bool,
+    /// The client's first bytes were sent but not captured: the kernel saw them and they did
+    /// not look like TLS (or they reached the listener before this socket existed).
+    pub client_start_unseen: bool,
 }
 
 /// A readable alert and where it fell.

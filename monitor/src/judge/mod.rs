@@ -320,6 +320,7 @@ fn feed<'a>(
     let meta = ConnectionMeta {
         tls_port: flow.kind == Some(CaptureKind::Sample)
             || flow.conn.as_ref().is_some_and(|c| services.is_tls(c)),
+        client_start_unseen: flow.missed_start && flow.role() == Role::Server,
     };
     let fed = all.entry(flow.cookie).or_insert_with(|| {
         let mut conn = Connection::new(meta);

@@ -14,6 +14,8 @@ use crate::handshake::{Facts, SeenAlert};
 
 /// Waiting this long for the other end before closing is a timeout, not a refusal.
 const TIMEOUT_NS: u64 = 1_000_000_000;
+/// RFC 8446 §6.2: the alert a TLS stack sends for bytes that are not the record it expects.
+const UNEXPECTED_MESSAGE: u8 = 10;
 
 /// What the facts say about the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +139,25 @@ impl Decider<'_> {
     fn plaintext(&self) -> Option<Decision> {
         let f = self.f;
         let (c, s) = (Party::Client, Party::Server);
+        // The client's first bytes were seen by the kernel but not kept (not TLS-looking),
+        // and the server's first bytes are a fatal unexpected_message: what a TLS server
+        // (Java's) answers to HTTP.
+        if f.meta.client_start_unseen
+            && !self.sent_anything(c)
+            && let Some(a) = f.alerts.first()
+            && a.from == s
+            && a.code == UNEXPECTED_MESSAGE
+            && a.level == 2
+            && f.stage == Stage::TcpConnected
+        {
+            let mut found = Finding::new(
+                Cause::PlaintextToTlsPort,
+                Rule::PlaintextAnsweredWithAlert { alert_code: a.code },
+            );
+            found.inferred = true;
+            found.alert = Some(readable(a));
+            return Some(Decision::Failed(found));
+        }
         if f.not_tls[c.index()] {
             let server_tls = self.sent_anything(s) && !f.not_tls[s.index()];
             if f.meta.tls_port || server_tls {

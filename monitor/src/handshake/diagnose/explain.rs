@@ -28,6 +28,10 @@ pub fn sentence(rule: &Rule) -> String {
                 quote(sample)
             )
         }
+        PlaintextAnsweredWithAlert { alert_code } => format!(
+            "the client's first bytes were not a TLS record (they did not look like TLS, so they were not kept) and the server answered with alert {alert_code} {}: plaintext (HTTP?) sent to a TLS port",
+            alert_name(*alert_code)
+        ),
         TlsToPlaintextPort { sni, sample } => format!(
             "the client sent a TLS ClientHello{} but the server answered in plaintext ({}): the port does not speak TLS",
             sni_phrase(sni.as_deref()),

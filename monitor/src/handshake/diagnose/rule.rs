@@ -70,6 +70,9 @@ pub enum Rule {
         sample: String,
         reaction: ServerReaction,
     },
+    /// A server's very first bytes are a fatal unexpected_message alert, in answer to client
+    /// bytes the capture did not keep because they did not look like TLS.
+    PlaintextAnsweredWithAlert { alert_code: u8 },
     /// The client sent a ClientHello; the server answered with plaintext.
     TlsToPlaintextPort { sni: Option<String>, sample: String },
 
