@@ -538,3 +538,54 @@ fn rule_an_alert_answering_an_earlier_close_keeps_the_close_as_cause() {
     );
     assert_eq!(f.cause, tlsmon::handshake::Cause::PeerClosedMidHandshake);
 }
+
+// ---- what the wire shows about the server's configuration --------------------------------
+
+#[test]
+fn rule_a_client_abort_after_a_1024_bit_dhe_key_exchange_is_weak_dh() {
+    let f = finding("weak_dh_tls12_curl");
+    assert_eq!(readable_alert(&f), (Party::Client, Some(40)));
+    assert_eq!(
+        f.rule,
+        Rule::WeakDh {
+            bits: 1024,
+            alert_code: 40
+        }
+    );
+}
+
+#[test]
+fn rule_a_client_abort_after_the_server_chose_tls10_is_legacy_version_refused() {
+    let f = finding("legacy_version_refused_curl");
+    assert_eq!(readable_alert(&f), (Party::Client, Some(80)));
+    assert_eq!(
+        f.rule,
+        Rule::LegacyVersionRefused {
+            chosen: "TLSv1.0".into(),
+            offered: Some("TLSv1.2".into()),
+            alert_code: 80
+        }
+    );
+}
+
+#[test]
+fn rule_a_chain_that_starts_with_a_ca_certificate_is_ca_cert_as_leaf() {
+    let f = finding("ca_cert_as_leaf_curl");
+    let Rule::CaCertAsLeaf {
+        first,
+        reversed: false,
+        how: Refusal::Alert(43),
+    } = &f.rule
+    else {
+        panic!("{:?}", f.rule)
+    };
+    assert!(first.contains("int CA"), "{first}");
+}
+
+#[test]
+fn rule_hello_retry_then_an_expired_leaf_is_read_past_the_retry() {
+    let f = finding("hrr_cert_expired_tls13");
+    assert_eq!(readable_alert(&f), (Party::Client, Some(45)));
+    assert_eq!(f.stage, Some(Stage::EncryptedExtensions));
+    assert_eq!(decision("hrr_completed_tls13_curl"), Decision::Completed);
+}

@@ -138,7 +138,9 @@ pub struct Event {
     pub tls: TlsFacts,
     pub alert: Option<AlertInfo>,
     pub stage: Option<String>,
-    /// A cause slug (`handshake::Cause`); warnings: `legacy_tls_version`, `certificate_expiring`.
+    /// A cause slug (`handshake::Cause`, the README's table); warnings: `legacy_tls_version`,
+    /// `certificate_expiring`.
+    #[schemars(schema_with = "cause_schema")]
     pub cause: String,
     pub inferred: bool,
     pub message: String,
@@ -247,14 +249,14 @@ pub fn from_verdict(
             ev.severity = Severity::Warning;
             ev.stage = Some("application_data".to_owned());
             if legacy {
-                ev.cause = "legacy_tls_version".to_owned();
+                ev.cause = WARNING_CAUSES[0].to_owned();
                 format!(
                     "the handshake completed with {}, which is deprecated (RFC 8996); enable TLS 1.2 or 1.3",
                     c.selected.version_name
                 )
             } else {
                 let days = expiring?;
-                ev.cause = "certificate_expiring".to_owned();
+                ev.cause = WARNING_CAUSES[1].to_owned();
                 let leaf = c
                     .server_certificates
                     .first()
@@ -275,6 +277,23 @@ pub fn from_verdict(
     };
     ev.message = format!("{}: {what}", who(&ev));
     Some(ev)
+}
+
+/// Warning causes (a handshake that worked but is weak).
+pub const WARNING_CAUSES: [&str; 2] = ["legacy_tls_version", "certificate_expiring"];
+
+/// The event's `cause`: one of the failure causes or warning causes, by slug.
+fn cause_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut slugs: Vec<String> = crate::handshake::Cause::ALL
+        .iter()
+        .map(|c| c.slug())
+        .collect();
+    slugs.extend(WARNING_CAUSES.map(String::from));
+    schemars::json_schema!({
+        "description": "A cause slug: a failure cause (handshake::Cause, the README's table) or a warning (legacy_tls_version, certificate_expiring).",
+        "type": "string",
+        "enum": slugs,
+    })
 }
 
 /// "curl (pid 4312) as client 127.0.0.1:40122 → 127.0.0.1:8443".

@@ -75,6 +75,8 @@ pub(crate) struct Facts {
     pub choice: Option<ServerChoice>,
     pub hello_retry: bool,
     pub server_certs: Option<Vec<CertSummary>>,
+    /// Bits of the DH prime in a DHE ServerKeyExchange.
+    pub dh_bits: Option<u32>,
     pub client_certs: Option<Vec<CertSummary>>,
     pub cert_request: bool,
     pub ccs: [bool; 2],
@@ -265,10 +267,45 @@ impl Connection {
                 f.reach(Stage::Certificate);
             }
             (Party::Client, 11) => f.client_certs = Some(certs::parse_certificate_message(body)),
-            (Party::Server, 12) => f.reach(Stage::ServerKeyExchange),
+            (Party::Server, 12) => {
+                let dhe = f
+                    .choice
+                    .as_ref()
+                    .is_some_and(|c| c.cipher_name.contains("_DHE_"));
+                if dhe {
+                    f.dh_bits = dh_prime_bits(body);
+                }
+                f.reach(Stage::ServerKeyExchange);
+            }
             (Party::Server, 13) => f.cert_request = true,
             (Party::Server, 14) => f.reach(Stage::ServerHelloDone),
             _ => {}
+        }
+    }
+}
+
+/// Bits of the prime `dh_p` that opens a DHE ServerKeyExchange (RFC 5246 §7.4.3: a 2-byte
+/// length, then the big-endian prime); `None` when the message is too short.
+fn dh_prime_bits(body: &[u8]) -> Option<u32> {
+    let len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+    let p = body.get(2..2 + len)?;
+    let first = p.iter().position(|&b| b != 0)?;
+    Some((p.len() - first) as u32 * 8 - p[first].leading_zeros())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dh_prime_bits;
+
+    #[test]
+    fn the_dh_prime_is_measured_in_bits_and_a_short_message_is_none() {
+        let mut ske = vec![0x00, 0x81, 0x00];
+        ske.extend([0xff; 128]); // a 1024-bit prime with a leading zero byte
+        ske.extend([0x00, 0x01, 0x02]);
+        assert_eq!(dh_prime_bits(&ske), Some(1024));
+        assert_eq!(dh_prime_bits(&[0x00, 0x02, 0x01, 0x00]), Some(9));
+        for cut in 0..ske.len().min(130) {
+            assert!(cut >= 131 || dh_prime_bits(&ske[..cut]).is_none());
         }
     }
 }

@@ -113,12 +113,57 @@ pub enum Cause {
     CertRevoked,
     HandshakeTimeout,
     ServerCertRejected,
+    /// The server's chain starts with a CA certificate (reversed, or its CA's certificate
+    /// served as its own).
+    CaCertAsLeaf,
+    /// The server's DHE parameters are below what clients accept (2048 bits).
+    WeakDh,
+    /// The server chose TLS 1.0 or 1.1 and the client refused it.
+    LegacyVersionRefused,
     DecodeError,
     InternalError,
     Other,
 }
 
 impl Cause {
+    /// Every cause, in the order of the enum (the event schema lists their slugs).
+    pub const ALL: &[Cause] = &[
+        Cause::ProtocolVersionMismatch,
+        Cause::NoSharedCipher,
+        Cause::NoSharedGroup,
+        Cause::NoSharedSigalg,
+        Cause::WeakSignatureInChain,
+        Cause::UntrustedIssuer,
+        Cause::SelfSigned,
+        Cause::IncompleteChain,
+        Cause::CertExpired,
+        Cause::CertNotYetValid,
+        Cause::ClockSkew,
+        Cause::HostnameMismatch,
+        Cause::SniUnrecognized,
+        Cause::SniMissing,
+        Cause::AlpnMismatch,
+        Cause::ClientCertRequired,
+        Cause::ClientCertRejected,
+        Cause::ClientCertUntrusted,
+        Cause::PlaintextToTlsPort,
+        Cause::TlsToPlaintextPort,
+        Cause::PeerClosedMidHandshake,
+        Cause::PeerResetMidHandshake,
+        Cause::Tls13EncryptedAlert,
+        Cause::DowngradeRejected,
+        Cause::WeakKey,
+        Cause::CertRevoked,
+        Cause::HandshakeTimeout,
+        Cause::ServerCertRejected,
+        Cause::CaCertAsLeaf,
+        Cause::WeakDh,
+        Cause::LegacyVersionRefused,
+        Cause::DecodeError,
+        Cause::InternalError,
+        Cause::Other,
+    ];
+
     /// The slug as events and the CLI show it.
     pub fn slug(self) -> String {
         match serde_json::to_value(self) {
@@ -284,5 +329,46 @@ impl HandshakeOutcome {
             HandshakeOutcome::NotTls(_) => "not_tls",
             HandshakeOutcome::Undecided => "undecided",
         }
+    }
+}
+
+/// Fails to compile when a cause is added without being listed in `Cause::ALL` below it.
+#[allow(dead_code)]
+fn every_cause_is_in_all(c: Cause) {
+    match c {
+        Cause::ProtocolVersionMismatch
+        | Cause::NoSharedCipher
+        | Cause::NoSharedGroup
+        | Cause::NoSharedSigalg
+        | Cause::WeakSignatureInChain
+        | Cause::UntrustedIssuer
+        | Cause::SelfSigned
+        | Cause::IncompleteChain
+        | Cause::CertExpired
+        | Cause::CertNotYetValid
+        | Cause::ClockSkew
+        | Cause::HostnameMismatch
+        | Cause::SniUnrecognized
+        | Cause::SniMissing
+        | Cause::AlpnMismatch
+        | Cause::ClientCertRequired
+        | Cause::ClientCertRejected
+        | Cause::ClientCertUntrusted
+        | Cause::PlaintextToTlsPort
+        | Cause::TlsToPlaintextPort
+        | Cause::PeerClosedMidHandshake
+        | Cause::PeerResetMidHandshake
+        | Cause::Tls13EncryptedAlert
+        | Cause::DowngradeRejected
+        | Cause::WeakKey
+        | Cause::CertRevoked
+        | Cause::HandshakeTimeout
+        | Cause::ServerCertRejected
+        | Cause::CaCertAsLeaf
+        | Cause::WeakDh
+        | Cause::LegacyVersionRefused
+        | Cause::DecodeError
+        | Cause::InternalError
+        | Cause::Other => {}
     }
 }

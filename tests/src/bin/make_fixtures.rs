@@ -468,6 +468,31 @@ fn scenarios() -> Vec<Scenario> {
             "{curl} --curves X25519:P-256 https://localhost:{port}/",
             outcome("completed"),
         ),
+        // Causes the wire shows (TLS 1.2, the chain and the key exchange visible).
+        sc(
+            "weak_dh_tls12_curl",
+            "the server offers 1024-bit DHE parameters only; curl refuses them after the ServerKeyExchange",
+            srv!(
+                "good",
+                "-tls1_2 -dhparam {pki}/dh1024.pem -cipher DHE-RSA-AES128-GCM-SHA256:@SECLEVEL=0 -www"
+            ),
+            "{curl} https://localhost:{port}/",
+            failed("weak_dh", C, Some(40), "server_hello_done"),
+        ),
+        sc(
+            "legacy_version_refused_curl",
+            "a TLS 1.0-only server picks TLS 1.0 for curl's TLS 1.2 hello; curl aborts",
+            srv!("good", "-tls1 -cipher ALL:@SECLEVEL=0 -www"),
+            "{curl} --tls-max 1.2 https://localhost:{port}/",
+            failed("legacy_version_refused", C, Some(80), "server_hello_done"),
+        ),
+        sc(
+            "ca_cert_as_leaf_curl",
+            "the server sends its CA's certificate (the intermediate) as its own",
+            "openssl s_server -quiet -accept 127.0.0.1:{port} -cert {pki}/int.pem -key {pki}/int.key -tls1_2 -www",
+            "{curl} https://localhost:{port}/",
+            failed("ca_cert_as_leaf", C, Some(43), "server_hello_done"),
+        ),
         sc(
             "hrr_cert_expired_tls13",
             "a HelloRetryRequest, then the client refuses the expired leaf",

@@ -86,6 +86,19 @@ impl Decider<'_> {
                 },
             );
         }
+        if chain[0].is_ca {
+            let reversed = chain
+                .get(1)
+                .is_some_and(|next| next.issuer == chain[0].subject);
+            return Finding::new(
+                Cause::CaCertAsLeaf,
+                Rule::CaCertAsLeaf {
+                    first: chain[0].short_name(),
+                    reversed,
+                    how,
+                },
+            );
+        }
         let now = (self.f.last_ns / 1_000_000_000) as i64;
         if now > 0 && (facts.expired_at(now).is_some() || facts.not_yet_valid_at(now).is_some()) {
             let mut found = self.expiry_cause(Some(chain), now);

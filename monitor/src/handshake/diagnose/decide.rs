@@ -5,7 +5,7 @@
 //! Order of evidence: plaintext where TLS was due, a readable alert, TLS 1.3 record-size
 //! inference, completion, then who closed at which stage and after how long.
 
-use super::rule::{OfferedVersions, Refusal, Rule, ServerReaction, Subject};
+use super::rule::{OfferedVersions, Refusal, Rule, Subject};
 use super::tls13::{FLIGHT_WITH_CERTIFICATE, TLS13_ALERT_LEN, Tls13Records};
 use crate::handshake::certs::{CertSummary, ChainFacts};
 use crate::handshake::outcome::{AlertInfo, Cause, CloseKind, Closed, Party, Stage};
@@ -14,8 +14,9 @@ use crate::handshake::{Facts, SeenAlert};
 
 /// Waiting this long for the other end before closing is a timeout, not a refusal.
 const TIMEOUT_NS: u64 = 1_000_000_000;
-/// RFC 8446 §6.2: the alert a TLS stack sends for bytes that are not the record it expects.
-const UNEXPECTED_MESSAGE: u8 = 10;
+/// DHE primes below this are refused by clients at OpenSSL's default security level 2
+/// (and by browsers since Logjam).
+const WEAK_DH_BITS: u32 = 2048;
 
 /// What the facts say about the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,87 +120,21 @@ impl Decider<'_> {
 
     // ---- plaintext ---------------------------------------------------------------------
 
-    fn sample(&self, p: Party) -> Option<String> {
+    pub(super) fn sample(&self, p: Party) -> Option<String> {
         let s = self.layers[p.index()].sample();
         (!s.is_empty()).then(|| String::from_utf8_lossy(s).into_owned())
     }
 
-    fn sent_anything(&self, p: Party) -> bool {
+    pub(super) fn sent_anything(&self, p: Party) -> bool {
         self.layers[p.index()].bytes() > 0
     }
 
-    fn ended(&self) -> bool {
+    pub(super) fn ended(&self) -> bool {
         self.f.first_close.is_some() || self.finish_at.is_some()
     }
 
     pub(super) fn sni(&self) -> Option<String> {
         self.f.offer.as_ref().and_then(|o| o.server_name.clone())
-    }
-
-    fn plaintext(&self) -> Option<Decision> {
-        let f = self.f;
-        let (c, s) = (Party::Client, Party::Server);
-        // The client's first bytes were seen by the kernel but not kept (not TLS-looking),
-        // and the server's first bytes are a fatal unexpected_message: what a TLS server
-        // (Java's) answers to HTTP.
-        if f.meta.client_start_unseen
-            && !self.sent_anything(c)
-            && let Some(a) = f.alerts.first()
-            && a.from == s
-            && a.code == UNEXPECTED_MESSAGE
-            && a.level == 2
-            && f.stage == Stage::TcpConnected
-        {
-            let mut found = Finding::new(
-                Cause::PlaintextToTlsPort,
-                Rule::PlaintextAnsweredWithAlert { alert_code: a.code },
-            );
-            found.inferred = true;
-            found.alert = Some(readable(a));
-            return Some(Decision::Failed(found));
-        }
-        if f.not_tls[c.index()] {
-            let server_tls = self.sent_anything(s) && !f.not_tls[s.index()];
-            if f.meta.tls_port || server_tls {
-                let server_alert = f.alerts.iter().find(|a| a.from == s);
-                let reaction = match (server_alert, f.closes[s.index()]) {
-                    (Some(a), _) => ServerReaction::Alert(a.code),
-                    (None, Some((how, _))) => ServerReaction::Closed(how),
-                    (None, None) => ServerReaction::Waiting,
-                };
-                let mut found = Finding::new(
-                    Cause::PlaintextToTlsPort,
-                    Rule::PlaintextToTlsPort {
-                        sample: self.sample(c).unwrap_or_default(),
-                        reaction,
-                    },
-                );
-                found.alert = server_alert.map(readable);
-                found.sample = self.sample(c);
-                return Some(Decision::Failed(found));
-            }
-            if f.not_tls[s.index()] || self.ended() {
-                return Some(Decision::NotTls);
-            }
-            return Some(Decision::Undecided);
-        }
-        if f.not_tls[s.index()] {
-            if f.offer.is_some() || f.sslv2_hello || f.malformed_hello.is_some() {
-                let mut found = Finding::new(
-                    Cause::TlsToPlaintextPort,
-                    Rule::TlsToPlaintextPort {
-                        sni: self.sni(),
-                        sample: self.sample(s).unwrap_or_default(),
-                    },
-                );
-                found.sample = self.sample(s);
-                return Some(Decision::Failed(found));
-            }
-            if !self.sent_anything(c) || f.desynchronised[c.index()] || self.ended() {
-                return Some(Decision::NotTls);
-            }
-        }
-        None
     }
 
     // ---- readable alerts ---------------------------------------------------------------
@@ -211,7 +146,33 @@ impl Decider<'_> {
         let now = (a.ts_ns / 1_000_000_000) as i64;
         let client_sent_cert = f.client_certs.is_some();
         use Party::{Client, Server};
+        let legacy = f
+            .choice
+            .as_ref()
+            .filter(|c| !c.hello_retry && c.version < 0x0303);
         let mut found = match (a.from, a.code) {
+            (Client, 70 | 80) if a.stage >= Stage::ServerHello && legacy.is_some() => Finding::new(
+                Cause::LegacyVersionRefused,
+                Rule::LegacyVersionRefused {
+                    chosen: legacy
+                        .map(|c| c.version_name.to_string())
+                        .unwrap_or_default(),
+                    offered: offer.map(|o| o.version_range()),
+                    alert_code: a.code,
+                },
+            ),
+            (Client, 40 | 71 | 80)
+                if a.stage >= Stage::ServerKeyExchange
+                    && f.dh_bits.is_some_and(|b| b < WEAK_DH_BITS) =>
+            {
+                Finding::new(
+                    Cause::WeakDh,
+                    Rule::WeakDh {
+                        bits: f.dh_bits.unwrap_or(0),
+                        alert_code: a.code,
+                    },
+                )
+            }
             (_, 70) => self.version_mismatch(a.code),
             (Server, 80 | 40 | 71)
                 if a.stage <= Stage::ClientHello

@@ -205,6 +205,35 @@ pub fn sentence(rule: &Rule) -> String {
             "certificate {cert} has a {key_type}-{key_bits} key; the client requires a stronger key (RSA >= 2048) ({})",
             refusal(*how)
         ),
+        CaCertAsLeaf {
+            first,
+            reversed,
+            how,
+        } => format!(
+            "the server's first certificate is a CA certificate ({first}){}: a server must send its own certificate first, then its intermediates ({})",
+            if *reversed {
+                " and the chain is in reverse order"
+            } else {
+                ", not a server certificate"
+            },
+            refusal(*how)
+        ),
+        WeakDh { bits, alert_code } => format!(
+            "the server's Diffie-Hellman parameters are {bits} bits, below the 2048 clients accept at their default security level; the client aborted after the ServerKeyExchange ({}): give the server 2048-bit DH parameters or prefer ECDHE",
+            alert_name(*alert_code)
+        ),
+        LegacyVersionRefused {
+            chosen,
+            offered,
+            alert_code,
+        } => format!(
+            "the server chose {chosen}{} and the client refused it ({}): enable TLS 1.2 or 1.3 on the server",
+            offered
+                .as_ref()
+                .map(|o| format!(" (the client offered {o})"))
+                .unwrap_or_default(),
+            alert_name(*alert_code)
+        ),
         SelfSigned { leaf, how } => format!(
             "the server certificate {leaf} is self-signed and the client does not trust it ({})",
             refusal(*how)

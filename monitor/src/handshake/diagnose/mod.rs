@@ -1,13 +1,15 @@
 //! From facts to a verdict: the cause table of the README (and `docs/schema`) as code, in
-//! two halves. [`decide`] chooses: plaintext where TLS was due, a readable alert, TLS 1.3
-//! record sizes ([`tls13`]), completion, closes and silence; a failure comes back as a
-//! [`Finding`]: the cause, the [`Rule`] that fired with the facts it used, stage, alert and
-//! sender. [`explain`] writes the sentence from the rule alone. This module joins the two
-//! into the [`HandshakeOutcome`] the rest of tlsmon reads.
+//! two halves. [`decide`] chooses: plaintext where TLS was due (`plaintext`), a readable
+//! alert, certificates (`certificates`), TLS 1.3 record sizes (`tls13`), completion, closes
+//! and silence; a failure comes back as a [`Finding`]: the cause, the [`Rule`] that fired
+//! with the facts it used, stage, alert and sender. [`explain`] writes the sentence from the
+//! rule alone. This module joins the two into the [`HandshakeOutcome`] the rest of tlsmon
+//! reads.
 
 mod certificates;
 pub mod decide;
 pub mod explain;
+mod plaintext;
 pub mod rule;
 mod tls13;
 

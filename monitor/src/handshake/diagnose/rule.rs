@@ -161,6 +161,22 @@ pub enum Rule {
     },
     /// The leaf is self-signed.
     SelfSigned { leaf: String, how: Refusal },
+    /// The first certificate of the chain is a CA's; `reversed`: the next one is issued by
+    /// it (the chain is in reverse order).
+    CaCertAsLeaf {
+        first: String,
+        reversed: bool,
+        how: Refusal,
+    },
+    /// The server's ServerKeyExchange carries a DH prime of `bits` bits, below the 2048
+    /// clients at their default security level accept; the client aborted after it.
+    WeakDh { bits: u32, alert_code: u8 },
+    /// The server chose a version below TLS 1.2 and the client aborted right after.
+    LegacyVersionRefused {
+        chosen: String,
+        offered: Option<String>,
+        alert_code: u8,
+    },
     /// The chain is outside its validity window (an `Expired` or `NotYetValid` rule).
     Refused { inner: Box<Rule>, how: Refusal },
     /// The leaf does not name the host the client asked for.
