@@ -388,3 +388,70 @@ fn plaintext_to_a_fresh_tls_listener_that_answers_with_an_alert_is_caught() {
     assert_eq!(a["alert"]["code"], 10, "{a:#}");
     assert_eq!(a["count"], 2, "{a:#}");
 }
+
+/// Every scenario of the handshake fixtures (`make_fixtures`: real servers and clients,
+/// openssl, curl, python, nginx, Go, Java, rustls), run live against a daemon at its default
+/// configuration, each on its own port: a failing one is reported on its port with its cause
+/// (every alert on that port), a succeeding one (controls, probes) raises nothing there.
+#[test]
+#[ignore = "privileged: run `sudo ./x test`"]
+fn every_recorded_scenario_is_reported_on_its_own_port_and_no_control_is() {
+    let d = Daemon::start("");
+    let out = TempDir::new("scenarios");
+    let (ok, log) = run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_make_fixtures")).arg(out.path()),
+        Duration::from_secs(900),
+    );
+    assert!(ok, "make_fixtures: {log}");
+    let mut specs: Vec<Value> = std::fs::read_dir(out.path())
+        .expect("scenario directory")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| serde_json::from_slice(&std::fs::read(p).expect("read")).expect("json"))
+        .collect();
+    specs.sort_by_key(|s| s["name"].as_str().unwrap_or("").to_owned());
+    assert!(specs.len() >= 45, "only {} scenarios", specs.len());
+    // Every connection has closed (each scenario stops its server); give the daemon its
+    // drain and the store its second.
+    std::thread::sleep(Duration::from_secs(3));
+    let (mut failing, mut clean, mut wrong, mut skipped) = (0, 0, Vec::new(), Vec::new());
+    for spec in &specs {
+        let name = spec["name"].as_str().unwrap_or("?");
+        let port = spec["port"].as_u64().unwrap_or(0);
+        if spec["tls_port"] == true {
+            // Plaintext to a port only the configuration makes TLS: nothing to see at the
+            // default configuration.
+            skipped.push(name.to_owned());
+            continue;
+        }
+        let expect = &spec["expect"];
+        let alerts = d
+            .json(&format!("/v1/failures?since=1h&limit=1000&port={port}"))
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let causes: Vec<&str> = alerts.iter().map(|a| s(a, &["cause"])).collect();
+        if expect["outcome"] == "failed" {
+            let want = expect["cause"].as_str().unwrap_or("?");
+            if !causes.is_empty() && causes.iter().all(|c| *c == want) {
+                failing += 1;
+            } else {
+                wrong.push(format!("{name} (:{port}): expected {want}, got {causes:?}"));
+            }
+        } else if causes.is_empty() {
+            clean += 1;
+        } else {
+            wrong.push(format!(
+                "{name} (:{port}): expected no failure ({}), got {causes:?}",
+                expect["outcome"]
+            ));
+        }
+    }
+    println!(
+        "{failing} failing scenarios reported on their own ports with their causes, {clean} \
+         succeeding ones clean, {} wrong, skipped {skipped:?}",
+        wrong.len()
+    );
+    assert!(wrong.is_empty(), "{}\n{}", wrong.join("\n"), d.log());
+    assert!(failing >= 40, "{failing} failing scenarios");
+}
