@@ -279,6 +279,24 @@ pub fn nginx_tls(pki: &TempDir, port: u16, directives: &str) -> Bg {
     nginx
 }
 
+/// Go's own HTTPS server (net/http), built from tests/fixtures/go_tls_server.go into `dir`.
+pub fn go_tls_server(dir: &TempDir) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/go_tls_server.go");
+    let bin = dir.path().join("go_tls_server");
+    let (ok, out) = run_bounded(
+        Command::new("go")
+            .arg("build")
+            .arg("-o")
+            .arg(&bin)
+            .arg(&src)
+            .env("GOCACHE", dir.path().join("gocache"))
+            .env("HOME", dir.path()),
+        Duration::from_secs(120),
+    );
+    assert!(ok, "go build: {out}");
+    bin
+}
+
 /// `openssl s_client` to `addr` with extra arguments, stdin closed; returns success.
 pub fn openssl_client(addr: SocketAddr, extra: &[&str]) -> bool {
     run_bounded(

@@ -455,3 +455,102 @@ fn every_recorded_scenario_is_reported_on_its_own_port_and_no_control_is() {
     assert!(wrong.is_empty(), "{}\n{}", wrong.join("\n"), d.log());
     assert!(failing >= 40, "{failing} failing scenarios");
 }
+
+/// The fixtures' PKI (root, intermediate, `good` for localhost, client certificates from the
+/// root and from another CA) in a scratch directory.
+fn fixture_pki() -> TempDir {
+    let dir = TempDir::new("mtls-pki");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/make_pki.sh");
+    let (ok, out) = run_bounded(
+        Command::new("bash").arg(script).arg(dir.path()),
+        Duration::from_secs(120),
+    );
+    assert!(ok, "make_pki.sh: {out}");
+    dir
+}
+
+/// TLS 1.3 servers requiring a client certificate, as Go and HAProxy run them; curl writes
+/// its request right after its Finished, and the server refuses with one encrypted alert.
+#[test]
+#[ignore = "privileged: run `sudo ./x test`"]
+fn tls13_client_certificate_refusals_by_go_and_haproxy_are_failures_and_acceptance_is_not() {
+    let pki = fixture_pki();
+    let p = |f: &str| pki.path().join(f);
+    let haproxy_pem = p("haproxy.pem");
+    let mut both = std::fs::read(p("good.chain.pem")).expect("chain");
+    both.extend(std::fs::read(p("good.key")).expect("key"));
+    std::fs::write(&haproxy_pem, both).expect("haproxy.pem");
+    let d = Daemon::start("");
+    let go_port = free_port();
+    let _go = spawn(
+        Command::new(go_tls_server(&pki))
+            .arg(go_port.to_string())
+            .arg(p("good.chain.pem"))
+            .arg(p("good.key"))
+            .arg("mtls")
+            .arg(p("root.pem")),
+    );
+    wait_listening(addr(go_port), Duration::from_secs(10));
+    let haproxy_port = free_port();
+    let conf = p("haproxy-mtls.cfg");
+    std::fs::write(
+        &conf,
+        format!(
+            "defaults\n  mode http\n  timeout connect 1s\n  timeout client 5s\n  timeout server 5s\n\
+             frontend fe\n  bind 127.0.0.1:{haproxy_port} ssl crt {} ca-file {} verify required ssl-min-ver TLSv1.3\n\
+             \x20 http-request return status 200 content-type text/plain string ok\n",
+            haproxy_pem.display(),
+            p("root.pem").display()
+        ),
+    )
+    .expect("haproxy config");
+    let _haproxy = spawn(Command::new("haproxy").arg("-db").arg("-f").arg(&conf));
+    wait_listening(addr(haproxy_port), Duration::from_secs(10));
+    let curl = |port: u16, cert: Option<(&str, &str)>| -> bool {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--max-time", "5", "--tlsv1.3", "--cacert"])
+            .arg(p("root.pem"))
+            .args(["--resolve", &format!("localhost:{port}:127.0.0.1")]);
+        if let Some((c, k)) = cert {
+            cmd.arg("--cert").arg(p(c)).arg("--key").arg(p(k));
+        }
+        cmd.arg(format!("https://localhost:{port}/"));
+        run_bounded(&mut cmd, Duration::from_secs(10)).0
+    };
+    for port in [go_port, haproxy_port] {
+        assert!(
+            curl(port, Some(("client.chain.pem", "client.key"))),
+            "accepted on {port}"
+        );
+        assert!(!curl(port, None), "no certificate on {port}");
+        assert!(
+            !curl(port, Some(("otherclient.chain.pem", "otherclient.key"))),
+            "untrusted certificate on {port}"
+        );
+    }
+    for (who, port) in [("go", go_port), ("haproxy", haproxy_port)] {
+        let alerts = d.failures_counting(&format!("port={port}"), 4, Duration::from_secs(20));
+        let mut seen: Vec<(String, String)> = alerts
+            .iter()
+            .map(|a| (s(a, &["role"]).to_owned(), s(a, &["cause"]).to_owned()))
+            .collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                ("client".to_owned(), "client_cert_rejected".to_owned()),
+                ("client".to_owned(), "client_cert_required".to_owned()),
+                ("server".to_owned(), "client_cert_rejected".to_owned()),
+                ("server".to_owned(), "client_cert_required".to_owned()),
+            ],
+            "{who}: {alerts:#?}\n{}",
+            d.log()
+        );
+        for a in &alerts {
+            assert_eq!(
+                a["count"], 1,
+                "{who}: the accepted handshake is no failure: {a:#}"
+            );
+        }
+    }
+}

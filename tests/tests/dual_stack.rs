@@ -5,12 +5,7 @@
 //! addresses as the user knows them (127.0.0.1, not ::ffff:127.0.0.1).
 //! Privileged: run through `sudo ./x test`.
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
 
 use tlsmon_e2e::*;
 
@@ -77,19 +72,7 @@ fn py_server(pki: &TempDir, port: u16, mode: &str, v6only: bool) -> Bg {
 
 /// Go's own dual-stack HTTPS server, built from tests/fixtures/go_tls_server.go.
 fn go_server(pki: &TempDir, port: u16, tls13: bool) -> Bg {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/go_tls_server.go");
-    let bin: PathBuf = pki.path().join("go_tls_server");
-    let (ok, out) = run_bounded(
-        Command::new("go")
-            .arg("build")
-            .arg("-o")
-            .arg(&bin)
-            .arg(&src)
-            .env("GOCACHE", pki.path().join("gocache"))
-            .env("HOME", pki.path()),
-        Duration::from_secs(120),
-    );
-    assert!(ok, "go build: {out}");
+    let bin = go_tls_server(pki);
     let mut cmd = Command::new(&bin);
     cmd.arg(port.to_string())
         .arg(pki.path().join("cert.pem"))

@@ -203,6 +203,14 @@ impl Flow {
                 }
                 if new == tcp_state::CLOSE {
                     self.ending.closed = true;
+                    // Straight from an open state to CLOSE with no reset received first
+                    // (the peer's RST is seen before the state changes): this end aborted.
+                    // `close()` with unread data sets CLOSE and only then sends its RST,
+                    // which the kernel no longer attributes to the flow (HAProxy refusing
+                    // a client certificate after the request arrived).
+                    if matches!(old, tcp_state::ESTABLISHED | tcp_state::CLOSE_WAIT) {
+                        self.ending.reset.get_or_insert(Side::Local);
+                    }
                 }
             }
         }
@@ -444,6 +452,24 @@ mod tests {
             (f.ending.first_fin, f.ending.second_fin),
             (Some(Side::Peer), Some(Side::Local))
         );
+    }
+
+    #[test]
+    fn an_abort_is_a_reset_by_this_end_though_its_rst_comes_after_the_close() {
+        let mut t = FlowTable::new(FlowLimits::default());
+        t.apply(data(2, 1, Direction::Egress, 1000, b"a"));
+        let f = t
+            .apply(state(2, 3, tcp_state::ESTABLISHED, tcp_state::CLOSE))
+            .unwrap();
+        assert_eq!(f.ending.reset, Some(Side::Local));
+        // An orderly close is no reset.
+        t.apply(data(3, 1, Direction::Egress, 1000, b"a"));
+        t.apply(state(3, 2, tcp_state::ESTABLISHED, tcp_state::FIN_WAIT1));
+        t.apply(state(3, 3, tcp_state::FIN_WAIT1, tcp_state::FIN_WAIT2));
+        let f = t
+            .apply(state(3, 4, tcp_state::FIN_WAIT2, tcp_state::CLOSE))
+            .unwrap();
+        assert_eq!(f.ending.reset, None);
     }
 
     #[test]
