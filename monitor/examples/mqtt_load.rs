@@ -65,6 +65,7 @@ fn event(n: u64, now_ms: u64, host: &Host) -> Event {
         stage: Some("client_hello".into()),
         cause: "protocol_version_mismatch".into(),
         inferred: false,
+        evidence: tlsmon::alert::Evidence::Wire,
         message: "The client offered only TLS 1.0 and TLS 1.1; the server accepts TLS 1.2 \
                   and TLS 1.3."
             .into(),

@@ -27,6 +27,14 @@ pub enum Kind {
     WeakHandshake,
 }
 
+/// What a conclusion rests on.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Evidence {
+    /// The captured bytes of the handshake (records, alerts, certificates, sizes, closes).
+    Wire,
+}
+
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
@@ -143,6 +151,8 @@ pub struct Event {
     #[schemars(schema_with = "cause_schema")]
     pub cause: String,
     pub inferred: bool,
+    /// What the cause rests on: `wire` (the captured handshake) today.
+    pub evidence: Evidence,
     pub message: String,
     /// The leaf certificate the server sent, when visible.
     pub certificate: Option<CertSummary>,
@@ -219,6 +229,7 @@ pub fn from_verdict(
         stage: None,
         cause: String::new(),
         inferred: false,
+        evidence: Evidence::Wire,
         message: String::new(),
         certificate: None,
         count: 1,
@@ -428,6 +439,7 @@ pub(crate) mod test_support {
             stage: Some("certificate".into()),
             cause: "self_signed".into(),
             inferred: false,
+            evidence: Evidence::Wire,
             message: "m".into(),
             certificate: None,
             count: 1,

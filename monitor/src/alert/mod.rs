@@ -7,5 +7,5 @@ pub mod document;
 pub mod engine;
 pub mod log_line;
 
-pub use document::{Event, Kind, Severity, WeakPolicy, from_verdict, wire_name};
+pub use document::{Event, Evidence, Kind, Severity, WeakPolicy, from_verdict, wire_name};
 pub use engine::{AlertEngine, AlertPolicy, Update};
