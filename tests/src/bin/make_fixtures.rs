@@ -1,5 +1,6 @@
 //! Regenerates the handshake fixtures (`cargo xtask fixtures`, root for tcpdump): for each
-//! scenario, a real server and a real client (openssl s_server/s_client, curl, python ssl)
+//! scenario, a real server and a real client (openssl s_server/s_client, curl, python ssl,
+//! nginx, Go's net/http, Java, rustls)
 //! talk on loopback with a freshly generated PKI while tcpdump records the exchange. Writes
 //! `<name>.pcap` and `<name>.json` (what ran and the outcome the core must find) into the
 //! output directory. The expectations are written here, by hand, per scenario: the core's
@@ -10,7 +11,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use serde_json::json;
-use tlsmon_e2e::{TempDir, free_port, spawn, stop_tcpdump, tcpdump, wait_exit, wait_listening};
+use tlsmon_e2e::{
+    TempDir, free_port, go_tls_server, spawn, stop_tcpdump, tcpdump, wait_exit, wait_listening,
+};
 
 /// What the core must say about the scenario's connection.
 struct Expect {
@@ -500,10 +503,63 @@ fn scenarios() -> Vec<Scenario> {
             cli!("-groups X25519:P-256"),
             failed("cert_expired", C, Some(45), "encrypted_extensions"),
         ),
+        // Go's crypto/tls as net/http serves it (dual-stack listener).
+        sc(
+            "completed_tls13_go_server",
+            "the control: curl fetches a page from a Go HTTPS server",
+            "{go} {port} {pki}/good.chain.pem {pki}/good.key",
+            "{curl} https://localhost:{port}/",
+            outcome("completed"),
+        ),
+        sc(
+            "cert_expired_tls13_go_server",
+            "a Go HTTPS server with an expired certificate; curl refuses it",
+            "{go} {port} {pki}/expired.chain.pem {pki}/expired.key",
+            "{curl} https://localhost:{port}/",
+            failed("cert_expired", C, Some(45), "encrypted_extensions"),
+        ),
+        sc(
+            "cert_expired_tls12_go_server",
+            "the same over TLS 1.2 (the chain visible)",
+            "{go} {port} {pki}/expired.chain.pem {pki}/expired.key",
+            "{curl} --tls-max 1.2 https://localhost:{port}/",
+            failed("cert_expired", C, Some(45), "server_hello_done"),
+        ),
+        sc(
+            "protocol_version_go_server",
+            "a Go server that refuses versions below TLS 1.3, curl limited to TLS 1.2",
+            "{go} {port} {pki}/good.chain.pem {pki}/good.key tls13",
+            "{curl} --tls-max 1.2 https://localhost:{port}/",
+            failed("protocol_version_mismatch", S, Some(70), "client_hello"),
+        ),
+        sc(
+            "client_cert_required_tls13_go_server",
+            "a Go server requires a client certificate; curl has none and sends its request at once",
+            "{go} {port} {pki}/good.chain.pem {pki}/good.key mtls {pki}/root.pem",
+            "{curl} https://localhost:{port}/",
+            Expect {
+                code: Some(116),
+                ..inferred("client_cert_required", S, "client_finished")
+            },
+        ),
+        sc(
+            "client_cert_untrusted_tls13_go_server",
+            "a Go server refuses curl's client certificate from another CA",
+            "{go} {port} {pki}/good.chain.pem {pki}/good.key mtls {pki}/root.pem",
+            "{curl} --cert {pki}/otherclient.chain.pem --key {pki}/otherclient.key https://localhost:{port}/",
+            inferred("client_cert_rejected", S, "client_finished"),
+        ),
+        sc(
+            "client_cert_accepted_tls13_go_server",
+            "the control: the Go server accepts curl's good client certificate",
+            "{go} {port} {pki}/good.chain.pem {pki}/good.key mtls {pki}/root.pem",
+            "{curl} --cert {pki}/client.chain.pem --key {pki}/client.key https://localhost:{port}/",
+            outcome("completed"),
+        ),
     ]
 }
 
-fn expand(template: &str, pki: &Path, port: u16, fixtures: &Path) -> Vec<String> {
+fn expand(template: &str, pki: &Path, port: u16, fixtures: &Path, go: &Path) -> Vec<String> {
     let future = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs() + 20 * 365 * 86_400)
@@ -516,6 +572,7 @@ fn expand(template: &str, pki: &Path, port: u16, fixtures: &Path) -> Vec<String>
         .replace("{pki}", &pki.display().to_string())
         .replace("{port}", &port.to_string())
         .replace("{fixtures}", &fixtures.display().to_string())
+        .replace("{go}", &go.display().to_string())
         .replace("{future}", &future.to_string())
         .split_whitespace()
         .map(str::to_string)
@@ -598,13 +655,20 @@ fn main() -> anyhow::Result<()> {
         .status()?
         .success();
     anyhow::ensure!(ok, "make_pki.sh failed");
-    for sc in scenarios()
-        .iter()
+    let chosen: Vec<Scenario> = scenarios()
+        .into_iter()
         .filter(|s| only.is_empty() || only.iter().any(|o| s.name.contains(o.as_str())))
-    {
+        .collect();
+    // The Go server, built once (into the PKI's scratch directory) when a scenario runs it.
+    let go = if chosen.iter().any(|s| s.server.contains("{go}")) {
+        go_tls_server(&pki)
+    } else {
+        PathBuf::from("go_tls_server")
+    };
+    for sc in &chosen {
         let port = free_port();
-        let server = expand(sc.server, pki.path(), port, &fixtures);
-        let client = expand(sc.client, pki.path(), port, &fixtures);
+        let server = expand(sc.server, pki.path(), port, &fixtures, &go);
+        let client = expand(sc.client, pki.path(), port, &fixtures, &go);
         let pcap = out.join(format!("{}.pcap", sc.name));
         let srv = spawn(&mut command(&server));
         // The readiness probe is a connection too: it must end before tcpdump starts.
@@ -623,6 +687,7 @@ fn main() -> anyhow::Result<()> {
         // What ran, without this machine's paths.
         let shown = |argv: &[String]| {
             argv.join(" ")
+                .replace(&go.display().to_string(), "go_tls_server")
                 .replace(&pki.path().display().to_string(), "$PKI")
                 .replace(&fixtures.display().to_string(), "$FIXTURES")
         };
