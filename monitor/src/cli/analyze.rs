@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use serde::Serialize;
 
+use super::visible::visible;
 use crate::{
     analyze::{Pass, Totals, analyze_file, conversations::Report},
     clock::rfc3339,
@@ -67,7 +68,7 @@ pub fn run(path: &Path, opts: &AnalyzeOptions) -> anyhow::Result<Totals> {
         Some(if opts.json {
             serde_json::to_string(&OutcomeLine::new(&r)).map_err(std::io::Error::other)
         } else {
-            Ok(table_row(&r))
+            Ok(visible(&table_row(&r)).into_owned())
         })
     };
     let analyzed = analyze_file(path, &pass, render, |line| {

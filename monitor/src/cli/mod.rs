@@ -7,5 +7,6 @@ pub mod analyze;
 pub mod args;
 pub mod query;
 pub mod trace;
+pub mod visible;
 
 pub use args::{Cli, Command};

@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use super::args::{EndpointArgs, FailuresArgs, FleetStatusArgs};
+use super::visible::visible_json;
 use crate::{fleet::view, http::client::get};
 
 /// `tlsmon status`.
@@ -12,7 +13,8 @@ pub fn status(e: &EndpointArgs) -> anyhow::Result<()> {
     if e.json {
         println!("{body}");
     } else {
-        let v: Value = serde_json::from_str(&body)?;
+        let mut v: Value = serde_json::from_str(&body)?;
+        visible_json(&mut v);
         print!("{}", status_text(&v));
     }
     Ok(())
@@ -24,7 +26,8 @@ pub fn failures(a: &FailuresArgs) -> anyhow::Result<()> {
     if a.endpoint.json {
         println!("{body}");
     } else {
-        let v: Vec<Value> = serde_json::from_str(&body)?;
+        let mut v: Vec<Value> = serde_json::from_str(&body)?;
+        v.iter_mut().for_each(visible_json);
         print!("{}", failure_table(&v));
     }
     Ok(())
@@ -36,7 +39,9 @@ pub fn fleet_status(a: &FleetStatusArgs) -> anyhow::Result<()> {
     if a.json {
         println!("{body}");
     } else {
-        let v: view::FleetView = serde_json::from_str(&body)?;
+        let mut raw: Value = serde_json::from_str(&body)?;
+        visible_json(&mut raw);
+        let v: view::FleetView = serde_json::from_value(raw)?;
         print!("{}", view::text(&v));
     }
     Ok(())

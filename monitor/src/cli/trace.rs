@@ -8,6 +8,7 @@ use std::{fmt, io::Write, time::Duration};
 
 use serde::Serialize;
 
+use super::visible::visible;
 use crate::{
     capture::{
         Capture, CaptureConfig, KernelCounters,
@@ -158,7 +159,7 @@ impl Printer {
         let _ = if self.json {
             writeln!(out, "{}", serde_json::to_string(&rec).unwrap_or_default())
         } else {
-            writeln!(out, "{rec}")
+            writeln!(out, "{}", visible(&rec.to_string()))
         };
         let _ = out.flush();
     }
