@@ -508,6 +508,26 @@ mod tests {
             "postgres://fleet:***@127.0.0.1:5432/fleet"
         );
         assert!(!format!("{:?}", c.aggregate).contains("s3cret"));
+        for (url, shown) in [
+            (
+                "postgres://fleet@db/fleet?sslmode=require&password=s3cret&x=1",
+                "postgres://fleet@db/fleet?sslmode=require&password=***&x=1",
+            ),
+            (
+                "postgresql://fleet:p@ss:s3cret@db:5432/fleet?PASSWORD=s3cret",
+                "postgresql://fleet:***@db:5432/fleet?PASSWORD=***",
+            ),
+            (
+                "host=db user=fleet password='s3 \\'cret' dbname=fleet",
+                "host=db user=fleet password=*** dbname=fleet",
+            ),
+            (
+                "host=db password = s3cret sslmode=verify-full",
+                "host=db password = *** sslmode=verify-full",
+            ),
+        ] {
+            assert_eq!(values::redacted_postgres(url), shown, "{url}");
+        }
         assert_eq!(c.aggregate.group.0, "g1");
         let d = Config::default().aggregate;
         assert_eq!(

@@ -53,20 +53,75 @@ impl fmt::Display for FleetStoreUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             FleetStoreUrl::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
-            FleetStoreUrl::Postgres(u) => {
-                // postgres://user:secret@host/db -> postgres://user:***@host/db
-                let (scheme, rest) = u.split_once("://").unwrap_or(("postgres", u));
-                match rest.split_once('@') {
-                    Some((auth, host)) => {
-                        let user = auth.split_once(':').map_or(auth, |(u, _)| u);
-                        let hidden = if auth.contains(':') { ":***" } else { "" };
-                        write!(f, "{scheme}://{user}{hidden}@{host}")
-                    }
-                    None => write!(f, "{scheme}://{rest}"),
-                }
-            }
+            FleetStoreUrl::Postgres(u) => f.write_str(&redacted_postgres(u)),
         }
     }
+}
+
+/// A libpq connection string with every secret replaced by `***`: the password of
+/// `user:password@`, a `password=` query parameter of a URL, and `password=` in the
+/// key=value form (quoted or not).
+pub fn redacted_postgres(u: &str) -> String {
+    let hide = |k: &str| k.trim().eq_ignore_ascii_case("password");
+    if let Some((scheme, rest)) = u.split_once("://") {
+        let (main, query) = rest.split_once('?').map_or((rest, None), |(m, q)| (m, Some(q)));
+        // The last `@` ends the user part (a password may hold one).
+        let main = match main.rsplit_once('@') {
+            Some((auth, host)) if auth.contains(':') => {
+                let user = auth.split_once(':').map_or(auth, |(u, _)| u);
+                format!("{user}:***@{host}")
+            }
+            _ => main.to_owned(),
+        };
+        let query = query.map(|q| {
+            q.split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if hide(k) => format!("{k}=***"),
+                    _ => kv.to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join("&")
+        });
+        return match query {
+            Some(q) => format!("{scheme}://{main}?{q}"),
+            None => format!("{scheme}://{main}"),
+        };
+    }
+    // key=value form: `host=db password='a b' user=fleet`.
+    let mut out = String::with_capacity(u.len());
+    let mut rest = u;
+    while let Some(eq) = rest.find('=') {
+        let key = &rest[..eq];
+        out.push_str(key);
+        out.push('=');
+        let after = &rest[eq + 1..];
+        let after_trimmed = after.trim_start();
+        let lead = &after[..after.len() - after_trimmed.len()];
+        // The value: quoted (backslash escapes) or up to the next whitespace.
+        let end = if let Some(q) = after_trimmed.strip_prefix('\'') {
+            let mut esc = false;
+            q.char_indices()
+                .find(|&(_, c)| {
+                    let close = c == '\'' && !esc;
+                    esc = c == '\\' && !esc;
+                    close
+                })
+                .map_or(after_trimmed.len(), |(i, _)| i + 2)
+        } else {
+            after_trimmed
+                .find(char::is_whitespace)
+                .unwrap_or(after_trimmed.len())
+        };
+        let value = &after_trimmed[..end];
+        out.push_str(lead);
+        out.push_str(if hide(key) { "***" } else { value });
+        rest = &after_trimmed[end..];
+        let ws = rest.len() - rest.trim_start().len();
+        out.push_str(&rest[..ws]);
+        rest = &rest[ws..];
+    }
+    out.push_str(rest);
+    out
 }
 
 impl FromStr for FleetStoreUrl {
