@@ -665,8 +665,17 @@ fn main() -> anyhow::Result<()> {
     } else {
         PathBuf::from("go_tls_server")
     };
+    // Each scenario on a port of its own for the whole run: the kernel may hand a released
+    // port out again, and a live daemon tells scenarios apart by port.
+    let mut used = std::collections::HashSet::new();
     for sc in &chosen {
-        let port = free_port();
+        let mut port = free_port();
+        for _ in 0..100 {
+            if used.insert(port) {
+                break;
+            }
+            port = free_port();
+        }
         let server = expand(sc.server, pki.path(), port, &fixtures, &go);
         let client = expand(sc.client, pki.path(), port, &fixtures, &go);
         let pcap = out.join(format!("{}.pcap", sc.name));
