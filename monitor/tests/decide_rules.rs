@@ -455,6 +455,15 @@ fn rule_tls13_one_alert_sized_server_record_after_the_clients_finished() {
     assert_eq!(without.stage, Some(Stage::ClientFinished));
 }
 
+#[test]
+fn rule_a_server_close_notify_after_a_flight_without_certificate_is_no_refusal() {
+    // s_client against a server sending no tickets: the client's flight is its Finished
+    // alone (nobody asked for a certificate), then one alert-sized record each way. The
+    // same sizes as a refusal; without a Certificate record it is a close.
+    let d = decision("probe_no_tickets_tls13");
+    assert!(matches!(d, Decision::ClosedWithoutData { .. }), "{d:?}");
+}
+
 // ---- after the handshake ------------------------------------------------------------------
 
 #[test]

@@ -314,7 +314,12 @@ fn test(unit_only: bool, filter: Option<String>) -> Result<()> {
 /// The nightly that builds the eBPF crate (with `rust-src`, for `-Z build-std`) also runs
 /// the fuzzers (sanitizers need nightly). scripts/setup.sh installs it.
 const NIGHTLY: &str = "nightly-2026-10-30";
-const FUZZ_TARGETS: [&str; 4] = ["record_layer", "certificate", "connection_splits", "renderers"];
+const FUZZ_TARGETS: [&str; 4] = [
+    "record_layer",
+    "certificate",
+    "connection_splits",
+    "renderers",
+];
 
 fn fuzz(secs: u32) -> Result<()> {
     for target in FUZZ_TARGETS {

@@ -64,11 +64,25 @@ impl ProcessRef {
         }
     }
 
-    /// What alerts group by: the process name (comm). It is always known, from the kernel;
-    /// the executable is not (a short-lived process can exit before /proc/PID/exe is read),
-    /// and grouping by it made one program two alerts, with and without its path.
+    /// What alerts group by: the program's name as the kernel would give it, the file name
+    /// of its executable cut to 15 bytes (TASK_COMM_LEN), else the comm. Not the path: a
+    /// short-lived process can exit before /proc/PID/exe is read, and its comm, which the
+    /// kernel always gives, is that same name ("openssl"). Not the comm alone: it is the
+    /// thread's name, and one Java or tokio server has many ("http-nio-8443-e").
     pub fn identity(&self) -> &str {
-        &self.comm
+        let Some(name) = self
+            .exe
+            .as_deref()
+            .and_then(|e| e.rsplit('/').next())
+            .filter(|n| !n.is_empty())
+        else {
+            return &self.comm;
+        };
+        let mut end = name.len().min(15);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        &name[..end]
     }
 }
 

@@ -348,6 +348,37 @@ mod tests {
     }
 
     #[test]
+    fn the_threads_of_one_server_are_one_program() {
+        let mut e = AlertEngine::new(POLICY);
+        let thread = |comm: &str, at: u64| {
+            let mut ev = failure_event("127.0.0.1", at);
+            if let Some(p) = &mut ev.process {
+                p.comm = comm.into();
+                p.exe = Some("/usr/lib/jvm/java-17-openjdk-amd64/bin/java".into());
+            }
+            ev
+        };
+        assert!(matches!(
+            e.observe(thread("http-nio-8443-e", 0)),
+            Update::New(_)
+        ));
+        assert!(matches!(
+            e.observe(thread("http-nio-8443-a", 1)),
+            Update::Count { count: 2, .. }
+        ));
+        // A path longer than a comm is cut where the kernel cuts: the same program.
+        let mut long = failure_event("127.0.0.1", 2);
+        if let Some(p) = &mut long.process {
+            p.comm = "haproxy-worker-".into();
+            p.exe = Some("/opt/x/haproxy-worker-pool".into());
+        }
+        assert_eq!(
+            long.process.as_ref().map(|p| p.identity()),
+            Some("haproxy-worker-")
+        );
+    }
+
+    #[test]
     fn one_server_failing_one_client_on_two_listeners_is_two_alerts() {
         let mut e = AlertEngine::new(POLICY);
         let on_listener = |port: u16, at: u64| {

@@ -394,7 +394,6 @@ impl Capture {
         }
     }
 
-    /// Marks a port as speaking TLS (plaintext sent to it will be sampled).
     /// Mirrors a change of the learned TLS services into `TLS_SERVICES` and the port's
     /// `tls_port::LEARNED` bit (a map update per change, not per handshake).
     pub fn follow(&mut self, change: Change) {

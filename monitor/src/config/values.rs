@@ -64,7 +64,9 @@ impl fmt::Display for FleetStoreUrl {
 pub fn redacted_postgres(u: &str) -> String {
     let hide = |k: &str| k.trim().eq_ignore_ascii_case("password");
     if let Some((scheme, rest)) = u.split_once("://") {
-        let (main, query) = rest.split_once('?').map_or((rest, None), |(m, q)| (m, Some(q)));
+        let (main, query) = rest
+            .split_once('?')
+            .map_or((rest, None), |(m, q)| (m, Some(q)));
         // The last `@` ends the user part (a password may hold one).
         let main = match main.rsplit_once('@') {
             Some((auth, host)) if auth.contains(':') => {

@@ -107,11 +107,6 @@ impl TlsServices {
         v.sort_unstable();
         v
     }
-
-    /// New configured ports (SIGHUP); learned services stay.
-    pub fn set_configured(&mut self, ports: &[u16]) {
-        self.configured = ports.iter().copied().collect();
-    }
 }
 
 #[cfg(test)]

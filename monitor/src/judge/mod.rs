@@ -104,7 +104,6 @@ impl Judge {
         self.unix_offset_ns = offset_ns;
     }
 
-    /// Adds a port known to speak TLS (plaintext sent to it is a failure).
     /// A verdict's lesson about which services speak TLS: a completed handshake teaches its
     /// service (not after a STARTTLS upgrade, not for an unknown role). The changes for the
     /// kernel's maps.

@@ -503,6 +503,22 @@ fn scenarios() -> Vec<Scenario> {
             cli!("-groups X25519:P-256"),
             failed("cert_expired", C, Some(45), "encrypted_extensions"),
         ),
+        // A probe against a server that sends no session ticket: the client's close_notify
+        // and the server's are the only records after the client's Finished.
+        sc(
+            "probe_no_tickets_tls13",
+            "s_client connects and closes (stdin ends) against a server sending no tickets",
+            srv!("good", "-num_tickets 0"),
+            cli!(""),
+            outcome("closed_after_handshake"),
+        ),
+        sc(
+            "probe_with_an_expired_extra_certificate_tls12",
+            "s_client connects and closes; the server's chain also holds an expired certificate the path does not use",
+            srv!("good", "-tls1_2 -cert_chain {pki}/expired.chain.pem"),
+            cli!("-tls1_2"),
+            outcome("closed_after_handshake"),
+        ),
         // Go's crypto/tls as net/http serves it (dual-stack listener).
         sc(
             "completed_tls13_go_server",

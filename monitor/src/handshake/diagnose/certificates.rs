@@ -77,6 +77,23 @@ impl Decider<'_> {
                 },
             );
         }
+        let ca_first = |reversed| {
+            Finding::new(
+                Cause::CaCertAsLeaf,
+                Rule::CaCertAsLeaf {
+                    first: chain[0].short_name(),
+                    reversed,
+                    how,
+                },
+            )
+        };
+        if chain[0].is_ca
+            && chain
+                .get(1)
+                .is_some_and(|next| next.issuer == chain[0].subject)
+        {
+            return ca_first(true);
+        }
         if facts.self_signed_leaf() {
             return Finding::new(
                 Cause::SelfSigned,
@@ -86,18 +103,11 @@ impl Decider<'_> {
                 },
             );
         }
-        if chain[0].is_ca {
-            let reversed = chain
-                .get(1)
-                .is_some_and(|next| next.issuer == chain[0].subject);
-            return Finding::new(
-                Cause::CaCertAsLeaf,
-                Rule::CaCertAsLeaf {
-                    first: chain[0].short_name(),
-                    reversed,
-                    how,
-                },
-            );
+        // A CA certificate first: proven out of order when the next one is issued by it,
+        // else the cause only when the client's alert is about the certificate's kind
+        // (a private PKI may give its servers CA:TRUE; then expiry, name or trust decide).
+        if chain[0].is_ca && matches!(how, Refusal::Alert(42 | 43)) {
+            return ca_first(false);
         }
         let now = (self.f.last_ns / 1_000_000_000) as i64;
         if now > 0 && (facts.expired_at(now).is_some() || facts.not_yet_valid_at(now).is_some()) {

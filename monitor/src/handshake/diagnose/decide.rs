@@ -314,15 +314,19 @@ impl Decider<'_> {
         let (_, fin_ts) = r.client_finished?;
         let server_closed = f.closes[Party::Server.index()].is_some();
         let client_closed = f.closes[Party::Client.index()].is_some();
-        let ended = server_closed || self.finish_at.is_some();
-        // The server answered the client's Finished with one alert-sized record and a close,
-        // and never a response: it refused the client's flight (its certificate, or the
-        // lack of one). A client that speaks first (curl: Finished and the request at once)
-        // has data after its Finished; what decides is that the server sent nothing else.
-        if let Some((len, _)) = r.server_after_client_finished
+        // The server asked for a certificate (the client's flight has a Certificate record
+        // before its Finished), answered that flight with one alert-sized record and closed,
+        // and never a response: it refused the client's certificate, or the lack of one. A
+        // client that speaks first (curl: Finished and the request at once) has data after
+        // its Finished; what decides is that the server sent nothing else. Not a refusal:
+        // a server that asked for nothing and closes (its close_notify), or one answering
+        // the client's own close_notify.
+        if let Some((len, server_ts)) = r.server_after_client_finished
             && len == TLS13_ALERT_LEN
             && r.server_records_after_client_finished == 1
-            && ended
+            && r.client_flight_records >= 2
+            && r.client_alert_after_finished.is_none_or(|t| t > server_ts)
+            && server_closed
         {
             let with_certificate = r.client_flight_bytes > FLIGHT_WITH_CERTIFICATE;
             let (cause, code) = if with_certificate {
@@ -403,11 +407,18 @@ impl Decider<'_> {
                     names: cert_names(&chain[0]),
                 },
             ),
+            // The leaf's dates only: a server still sending an expired extra intermediate
+            // (an old cross-sign) works for clients that build another path.
             (Some(chain), _)
-                if (ChainFacts { chain }).expired_at(now).is_some()
-                    || (ChainFacts { chain }).not_yet_valid_at(now).is_some() =>
+                if now > 0
+                    && ((ChainFacts { chain: &chain[..1] })
+                        .expired_at(now)
+                        .is_some()
+                        || (ChainFacts { chain: &chain[..1] })
+                            .not_yet_valid_at(now)
+                            .is_some()) =>
             {
-                self.expiry_cause(Some(chain), now)
+                self.expiry_cause(Some(&chain[..1]), now)
             }
             _ => {
                 return Decision::ClosedWithoutData {

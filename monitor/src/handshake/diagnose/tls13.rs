@@ -15,9 +15,8 @@ pub const TLS13_ALERT_LEN: usize = 19;
 /// Finished is due, with no Finished after it, is an alert, padded or not (Java pads its
 /// alert to 35 bytes).
 pub(super) const MIN_FINISHED_RECORD: usize = 32 + 4 + 1 + 16;
-/// The smallest TLS 1.3 Finished record: 32-byte verify_data + 4 header + 1 + 16 tag.
-/// A client flight above this carried a certificate (an empty Certificate plus Finished
-/// is under 100 bytes).
+/// A client flight (Certificate, CertificateVerify, Finished) above this many bytes carried
+/// a certificate: an empty Certificate plus the largest Finished is under 100 bytes.
 pub(super) const FLIGHT_WITH_CERTIFICATE: usize = 200;
 
 /// TLS 1.3: the stage from the encrypted records seen so far.
@@ -45,6 +44,9 @@ pub(super) struct Tls13Records {
     /// Index and time of the client's first record that is not an alert (its Finished).
     pub(super) client_finished: Option<(usize, u64)>,
     pub(super) client_flight_bytes: usize,
+    /// Records of the client's flight, its Finished included: two or more when the server
+    /// asked for a certificate (a Certificate, empty or not, comes before the Finished).
+    pub(super) client_flight_records: usize,
     pub(super) client_data_after_finished: bool,
     /// 19-byte client record after Finished and before any client data.
     pub(super) client_alert_after_finished: Option<u64>,
@@ -75,6 +77,7 @@ impl Tls13Records {
                 }
                 (Party::Client, None) => {
                     s.client_flight_bytes += r.len;
+                    s.client_flight_records += 1;
                     if finished.is_none_or(|at| at == i) {
                         s.client_finished = Some((i, r.ts_ns));
                     }
