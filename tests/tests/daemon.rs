@@ -2,7 +2,7 @@
 //! attached, real failing clients on loopback, and what it reports through `/v1/failures`,
 //! its SQLite database, `/metrics`, `tlsmon status` and its log. Needs root (`sudo ./x test`).
 
-use std::{net::SocketAddr, process::Command, time::Duration};
+use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
 
 use serde_json::Value;
 use tlsmon_e2e::{
@@ -60,7 +60,14 @@ fn a_failing_curl_is_reported_by_endpoint_database_metrics_status_and_log() {
         .unwrap_or_else(|| panic!("no curl failure within 10 s:\n{}", d.log()));
     assert_eq!(alert["schema"], "tlsmon.event/1");
     assert_eq!(alert["process"]["comm"], "curl");
-    assert_eq!(alert["process"]["exe"], "/usr/bin/curl");
+    // The path is read from /proc when the connection opens; a curl that fails within
+    // milliseconds may be gone by then (1 clean-clone run in 5): the kernel's comm is
+    // always there, the path when it could be read (a long-lived server's is checked in
+    // privileges.rs).
+    assert!(
+        alert["process"]["exe"] == "/usr/bin/curl" || alert["process"]["exe"].is_null(),
+        "{alert}"
+    );
     assert_eq!(alert["role"], "client");
     assert_eq!(alert["peer"]["ip"], "127.0.0.1");
     assert_eq!(alert["sni"], "localhost");
@@ -397,25 +404,42 @@ fn the_systemd_unit_verifies_and_is_hardened() {
         "PrivateTmp=yes",
         "NoNewPrivileges=yes",
         "WatchdogSec=",
+        "User=tlsmon",
+        "SystemCallFilter=@system-service bpf",
     ] {
         assert!(unit_text.contains(must), "unit lacks {must}");
     }
-    // Offline exposure score (0 = locked down, 10 = unprotected); "OK" is below 5.
+    // Offline exposure score (0 = locked down, 10 = unprotected); "OK" is below 5, the goal
+    // 2.5 (a root unit with six capabilities and no system-call filter scored 4.3). The
+    // aggregator's unit (DynamicUser, no capabilities) stays at 1.8.
+    let score = exposure(&unit, "tlsmon.service");
+    assert!(score <= 2.5, "tlsmon.service exposure {score}");
+    let agg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/tlsmon-aggregate.service");
+    let score = exposure(&agg, "tlsmon-aggregate.service");
+    assert!(score <= 1.8, "tlsmon-aggregate.service exposure {score}");
+    assert!(
+        !unit_text.contains("AF_NETLINK"),
+        "nothing uses netlink sockets"
+    );
+}
+
+/// `systemd-analyze security --offline` score of a unit file.
+fn exposure(unit: &Path, name: &str) -> f64 {
     let out = Command::new("systemd-analyze")
         .args(["security", "--offline=yes", "--no-pager"])
-        .arg(&unit)
+        .arg(unit)
         .output()
         .expect("systemd-analyze security");
     let text = String::from_utf8_lossy(&out.stdout);
-    let score: f64 = text
+    let score = text
         .lines()
         .find_map(|l| {
-            l.split("Overall exposure level for tlsmon.service: ")
+            l.split(&format!("Overall exposure level for {name}: "))
                 .nth(1)
         })
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no exposure score in:\n{text}"));
-    println!("systemd-analyze security exposure: {score}");
-    assert!(score < 5.0, "exposure {score}:\n{text}");
+    println!("systemd-analyze security {name}: {score}");
+    score
 }
