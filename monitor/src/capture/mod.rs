@@ -59,7 +59,7 @@ pub enum CaptureError {
     )]
     NoObject,
     #[error(
-        "tlsmon must run as root (it needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN to load eBPF programs)"
+        "tlsmon needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN to load its eBPF programs: run it as root, or as tlsmon.service does (User=tlsmon with those AmbientCapabilities)"
     )]
     NotRoot,
     #[error(
@@ -205,6 +205,17 @@ fn kernel_release() -> String {
         .unwrap_or_default()
 }
 
+/// The effective capabilities (a `/proc/PID/status` text) hold CAP_NET_ADMIN (12),
+/// CAP_PERFMON (38) and CAP_BPF (39): root's, or a unit's ambient ones.
+fn can_attach(status: &str) -> bool {
+    const NEEDED: u64 = 1 << 12 | 1 << 38 | 1 << 39;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|eff| eff & NEEDED == NEEDED)
+}
+
 fn check_prerequisites() -> Result<(), CaptureError> {
     if EBPF_OBJECT.is_empty() {
         return Err(CaptureError::NoObject);
@@ -213,8 +224,8 @@ fn check_prerequisites() -> Result<(), CaptureError> {
     if let Some(missing) = kernel_version(&release).and_then(missing_before) {
         return Err(CaptureError::KernelTooOld { release, missing });
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if !can_attach(&status) {
         return Err(CaptureError::NotRoot);
     }
     if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
@@ -473,6 +484,15 @@ fn service_key(addr: std::net::SocketAddr) -> ServiceKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attaching_needs_bpf_perfmon_and_net_admin_not_uid_0() {
+        assert!(can_attach("Uid:\t995\nCapEff:\t000000c000081000\n"));
+        assert!(can_attach("CapEff:\t000001ffffffffff\n"));
+        assert!(!can_attach("CapEff:\t0000008000001000\n"), "no CAP_PERFMON");
+        assert!(!can_attach("CapEff:\t0000000000080000\n"));
+        assert!(!can_attach(""));
+    }
 
     #[test]
     fn kernels_older_than_5_12_are_refused_naming_what_they_lack() {

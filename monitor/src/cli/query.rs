@@ -115,6 +115,25 @@ pub fn status_text(v: &Value) -> String {
         n(v, "/capture/budget_truncated_bytes"),
         n(v, "/capture/flows_reported"),
     );
+    let caps: Vec<&str> = v["run_as"]["capabilities"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    match v["run_as"]["root_because"].as_str() {
+        Some(why) => out.push_str(&format!("runs as root: {why}\n")),
+        None if v["run_as"]["user"].is_string() => out.push_str(&format!(
+            "runs as {} with {}\n",
+            s(v, "/run_as/user"),
+            if caps.is_empty() {
+                "no capability".to_owned()
+            } else {
+                caps.join(", ")
+            }
+        )),
+        None => {}
+    }
     let incomplete = n(v, "/handshakes/capture_incomplete");
     if incomplete > 0 {
         let reasons: Vec<String> = v["handshakes"]["capture_incomplete_by_reason"]

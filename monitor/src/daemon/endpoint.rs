@@ -114,6 +114,8 @@ pub struct StatusDoc {
     pub tls_services: TlsServicesDoc,
     /// The MQTT publisher, when configured.
     pub mqtt: Option<MqttStatus>,
+    /// Who the daemon runs as (user, kept capabilities).
+    pub run_as: crate::state::RunAs,
 }
 
 #[derive(Debug, Serialize)]
@@ -221,6 +223,7 @@ async fn status(State(s): State<Arc<DaemonState>>) -> Response {
                 last_error: m.last_error.lock().ok().and_then(|e| e.clone()),
             })
         }),
+        run_as: s.run_as.lock().map(|r| r.clone()).unwrap_or_default(),
     };
     Json(doc).into_response()
 }

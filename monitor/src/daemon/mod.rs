@@ -5,6 +5,7 @@
 //! on SIGTERM.
 
 pub mod endpoint;
+pub mod privileges;
 
 use std::{
     collections::HashMap,
@@ -14,6 +15,7 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -343,6 +345,27 @@ pub async fn run(cfg: Config, origin: Origin) -> anyhow::Result<()> {
     let server = tokio::spawn(bound.serve(endpoint::router(shared.clone()), async move {
         let _ = stop_rx.await;
     }));
+    // The probes first: every connection tlsmon opens afterwards (MQTT) is seen at its
+    // connect() as its own, and never judged. Then root (or the capabilities to attach)
+    // goes, before any thread starts and before the endpoint's task first runs (nothing
+    // awaits in between): what follows parses what strangers send. The store's directory
+    // is made first, to be handed over.
+    if let Some(dir) = cfg
+        .store
+        .path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut cap = Capture::start(&capture_config(&cfg))?;
+    if let Ok(mut p) = shared.probes.lock() {
+        *p = cap.attached.iter().map(|s| s.to_string()).collect();
+    }
+    let run_as = privileges::drop_and_describe(&cfg.daemon.user, &cfg.store.path)?;
+    if let Ok(mut r) = shared.run_as.lock() {
+        *r = run_as;
+    }
     let host = Host::detect(
         cfg.host.id.as_ref().map(|i| i.0.as_str()),
         cfg.host.name.as_deref(),
@@ -360,12 +383,6 @@ pub async fn run(cfg: Config, origin: Origin) -> anyhow::Result<()> {
             host: host.clone(),
         }),
     )?;
-    // The probes first: every connection tlsmon opens afterwards (MQTT) is seen at its
-    // connect() as its own, and never judged.
-    let mut cap = Capture::start(&capture_config(&cfg))?;
-    if let Ok(mut p) = shared.probes.lock() {
-        *p = cap.attached.iter().map(|s| s.to_string()).collect();
-    }
     let publisher = mqtt.map(|settings| {
         tracing::info!(broker = %settings.broker, topic = %settings.topics.events, "publishing to MQTT");
         Publisher::start(
@@ -527,8 +544,16 @@ pub async fn run(cfg: Config, origin: Origin) -> anyhow::Result<()> {
 /// `tlsmon check-config`: the configuration as it would run, or the first error.
 pub fn check_config(explicit: Option<&std::path::Path>) -> anyhow::Result<String> {
     let (cfg, source) = config::load(explicit)?;
+    let mode = |p: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(p).ok().map(|m| m.permissions().mode())
+    };
+    let warnings: String = config::readable_secrets(&cfg, &source, mode)
+        .iter()
+        .map(|w| format!("  warning: {w}\n"))
+        .collect();
     Ok(format!(
-        "{source}: ok\n  status endpoint {}\n  database {} (retention {} days, {} MB)\n  alert window {} s, flood summary above {} peers\n",
+        "{source}: ok\n{warnings}  status endpoint {}\n  database {} (retention {} days, {} MB)\n  alert window {} s, flood summary above {} peers\n",
         cfg.status.listen,
         cfg.store.path.display(),
         cfg.store.retention_days.get(),

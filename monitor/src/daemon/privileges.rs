@@ -1,14 +1,15 @@
 //! Least privilege for `tlsmon run`: root is needed to load and attach the probes, not to
 //! read the ring, judge handshakes, write the store or serve the endpoint. Once attached, the
-//! daemon becomes the `daemon.user` (default `tlsmon`, created by the package) and keeps one
-//! capability, so a bug in the code that parses what strangers send cannot reach root.
+//! daemon becomes the `daemon.user` (default `tlsmon`, created by the package) and keeps two
+//! capabilities, so a bug in the code that parses what strangers send cannot reach root.
 //!
 //! What stays possible without root: the ring buffer, the maps and the links are used
 //! through file descriptors opened while root (the kernel checks the descriptor, not the
-//! caller); the store's directory is handed to the user first. Kept:
-//! - `CAP_SYS_PTRACE`: `/proc/PID/exe` and `/proc/PID/fd` of other users' processes are
-//!   readable only with it (the program path of a failing process, and the socket-holder
-//!   fallback that names a socket's process when the kernel could not).
+//! caller); the store's directory is handed to the user first. Kept, to name the processes
+//! of other users (a failing program's path, and the socket-holder fallback that names a
+//! socket's process when the kernel could not):
+//! - `CAP_SYS_PTRACE`: the `/proc/PID/exe` and `/proc/PID/fd/N` links;
+//! - `CAP_DAC_READ_SEARCH`: listing `/proc/PID/fd`, a directory only its owner may read.
 //!
 //! Everything else is dropped from every set of every thread (bounding set too where the
 //! process may, and no_new_privs), then checked from `/proc/self/task/*/status`.
@@ -18,15 +19,25 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
+use crate::state::RunAs;
+
 /// Linux capability numbers (linux/capability.h).
+const CAP_DAC_READ_SEARCH: u32 = 2;
 const CAP_SYS_PTRACE: u32 = 19;
 
 /// The capabilities kept after the drop, with what each is for.
-pub const KEPT: [(u32, &str, &str); 1] = [(
-    CAP_SYS_PTRACE,
-    "cap_sys_ptrace",
-    "read /proc/PID/exe and /proc/PID/fd of other users' processes",
-)];
+pub const KEPT: [(u32, &str, &str); 2] = [
+    (
+        CAP_DAC_READ_SEARCH,
+        "cap_dac_read_search",
+        "list /proc/PID/fd of other users' processes (a directory only its owner may read)",
+    ),
+    (
+        CAP_SYS_PTRACE,
+        "cap_sys_ptrace",
+        "read the /proc/PID/exe and /proc/PID/fd/N links of other users' processes",
+    ),
+];
 
 /// The kept set as a `/proc/PID/status` mask.
 pub fn kept_mask() -> u64 {
@@ -76,15 +87,38 @@ fn account(name: &str) -> anyhow::Result<Option<Account>> {
     }
 }
 
-/// Becomes `user` (module doc) after handing it `own` (the store's directory and files).
-/// `Kept` when there is nothing to do (not root, `user = "root"`) or the user does not exist;
-/// an error when the drop was attempted and did not fully take (the daemon must not go on).
+/// [`drop_to`] with the store's paths, logged, as the status page shows it.
+pub fn drop_and_describe(user: &str, db: &Path) -> anyhow::Result<RunAs> {
+    Ok(match drop_to(user, &store_paths(db))? {
+        Privileges::Dropped { user, uid, gid } => {
+            let kept: Vec<String> = KEPT.iter().map(|(_, name, _)| (*name).to_owned()).collect();
+            tracing::info!(%user, uid, gid, kept = %kept.join(","), "privileges dropped");
+            RunAs {
+                user,
+                capabilities: kept,
+                root_because: None,
+            }
+        }
+        Privileges::Kept { why } => {
+            tracing::warn!(%why, "still running as root");
+            RunAs {
+                user: "root".into(),
+                capabilities: vec!["all it started with".into()],
+                root_because: Some(why),
+            }
+        }
+    })
+}
+
+/// Becomes `user` (module doc) after handing it `own` (the store's directory and files),
+/// with [`KEPT`] only. Started as another user with capabilities (the unit), keeps that user
+/// and drops all but [`KEPT`]. `Kept` when `user = "root"` or the user does not exist; an error when the drop
+/// was attempted and did not fully take (the daemon must not go on).
 pub fn drop_to(user: &str, own: &[PathBuf]) -> anyhow::Result<Privileges> {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Ok(Privileges::Kept {
-            why: "not started as root".into(),
-        });
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        return keep_only_kept(euid, user);
     }
     if user == "root" {
         return Ok(Privileges::Kept {
@@ -134,6 +168,13 @@ pub fn drop_to(user: &str, own: &[PathBuf]) -> anyhow::Result<Privileges> {
         }
         set_capabilities(kept)?;
         libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0);
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             bail!("PR_SET_NO_NEW_PRIVS: {}", std::io::Error::last_os_error());
         }
@@ -143,6 +184,40 @@ pub fn drop_to(user: &str, own: &[PathBuf]) -> anyhow::Result<Privileges> {
         user: user.to_owned(),
         uid: a.uid,
         gid: a.gid,
+    })
+}
+
+/// Started as a user with capabilities (the unit: `User=tlsmon` and ambient capabilities
+/// to attach): the same user from now on with only [`KEPT`].
+fn keep_only_kept(euid: u32, user: &str) -> anyhow::Result<Privileges> {
+    let kept = kept_mask();
+    let me =
+        parse_status(&std::fs::read_to_string("/proc/self/status").context("/proc/self/status")?);
+    // SAFETY: prctl and capset on this thread's own capabilities; arguments are values.
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        set_capabilities(me.cap_prm & kept)?;
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            bail!("PR_SET_NO_NEW_PRIVS: {}", std::io::Error::last_os_error());
+        }
+    }
+    check_every_thread(euid, kept)?;
+    let name = match account(user)? {
+        Some(a) if a.uid == euid => user.to_owned(),
+        _ => format!("uid {euid}"),
+    };
+    // SAFETY: getegid has no preconditions.
+    let gid = unsafe { libc::getegid() };
+    Ok(Privileges::Dropped {
+        user: name,
+        uid: euid,
+        gid,
     })
 }
 
@@ -269,8 +344,8 @@ mod tests {
                     CapAmb:\t0000000000000000\nNoNewPrivs:\t1\n";
         let c = parse_status(text);
         assert_eq!(c.uids, [998; 4]);
-        assert_eq!(c.cap_eff, kept_mask());
-        assert_eq!(c.cap_prm, 1 << 19);
+        assert_eq!(c.cap_eff, 1 << 19);
+        assert_eq!(kept_mask(), 1 << 19 | 1 << 2);
         assert!(c.no_new_privs);
         assert_eq!(parse_status("CapEff:\tzz\n").cap_eff, u64::MAX);
     }

@@ -42,6 +42,18 @@ pub struct DaemonState {
     pub closed_without_data: Mutex<BTreeMap<String, u64>>,
     /// What is known to speak TLS, as of the daemon's last copy (every few seconds).
     pub tls_services: Mutex<TlsServicesSnapshot>,
+    /// Who the daemon runs as once its probes are attached.
+    pub run_as: Mutex<RunAs>,
+}
+
+/// The daemon's user and capabilities after start-up.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RunAs {
+    pub user: String,
+    /// The capabilities it kept (`cap_dac_read_search`, `cap_sys_ptrace`); every one when it stayed root.
+    pub capabilities: Vec<String>,
+    /// Why it is still root, when it is.
+    pub root_because: Option<String>,
 }
 
 /// Ports configured as TLS and services learned to speak it.
@@ -74,6 +86,7 @@ impl DaemonState {
             incomplete: Default::default(),
             closed_without_data: Mutex::new(BTreeMap::new()),
             tls_services: Mutex::new(TlsServicesSnapshot::default()),
+            run_as: Mutex::new(RunAs::default()),
         }
     }
 
