@@ -40,6 +40,18 @@ if [ "$PURPOSE" = test ]; then
   fi
 fi
 
+# The user the daemon becomes once its probes are attached (the package creates it too).
+if { [ "$PURPOSE" = test ] || [ "$PURPOSE" = run ]; } && ! getent passwd tlsmon >/dev/null; then
+  say "creating the system user tlsmon (tlsmon run drops to it after attaching)"
+  if command -v systemd-sysusers >/dev/null; then
+    systemd-sysusers "$PWD/packaging/tlsmon.sysusers"
+  else
+    useradd --system --user-group --home-dir /var/lib/tlsmon --no-create-home \
+      --shell /usr/sbin/nologin tlsmon
+  fi
+  getent passwd tlsmon >/dev/null || { say "could not create the user tlsmon"; exit 1; }
+fi
+
 installed() { rustup toolchain list | grep -q "^$1"; }
 installed "$STABLE" || { say "installing Rust $STABLE"; rustup toolchain install "$STABLE" --profile minimal --component clippy,rustfmt; }
 installed "$NIGHTLY" || { say "installing $NIGHTLY"; rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src; }

@@ -781,3 +781,25 @@ impl Drop for Subscriber {
         }
     }
 }
+
+/// The shipped fail2ban filter (`packaging/fail2ban/filter.d/tlsmon.conf`) run by the real
+/// `fail2ban-regex` over `log_file`: the addresses it would ban.
+pub fn fail2ban_ips(log_file: &Path) -> std::collections::BTreeSet<String> {
+    let filter = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../packaging/fail2ban/filter.d/tlsmon.conf")
+        .canonicalize()
+        .expect("filter path");
+    let (ok, ips) = run_bounded(
+        Command::new("fail2ban-regex")
+            .args(["-o", "ip"])
+            .arg(log_file)
+            .arg(&filter),
+        Duration::from_secs(60),
+    );
+    assert!(ok, "fail2ban-regex failed: {ips}");
+    ips.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}

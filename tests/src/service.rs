@@ -93,6 +93,11 @@ impl Service {
         panic!("{cmd:?} not ready within 60 s:\n{}", s.log());
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What it logged so far.
     pub fn log(&self) -> String {
         self.stderr.lock().expect("lock").join("\n")
@@ -268,6 +273,27 @@ impl Daemon {
     /// Starts the daemon under test again on a directory a killed one left.
     pub fn restart(dir: TempDir, endpoint: Endpoint) -> Daemon {
         Self::launch(&tlsmon_bin(), dir, endpoint, None, &[])
+    }
+
+    /// Starts `wrapper... <daemon under test> run --config ...`: e.g. `setpriv` with the
+    /// user and capabilities the systemd unit gives it; its directory belongs to `owner`
+    /// (uid, gid), as a unit's StateDirectory= would.
+    pub fn start_wrapped(owner: (u32, u32), wrapper: &[&str], extra: &str) -> Daemon {
+        let dir = TempDir::new("daemon");
+        std::os::unix::fs::chown(dir.path(), Some(owner.0), Some(owner.1)).expect("chown");
+        let endpoint = Endpoint::free_tcp();
+        let cfg = dir.path().join("tlsmon.toml");
+        std::fs::write(&cfg, Self::config_text(&dir, &endpoint, extra)).expect("write config");
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..])
+            .arg(tlsmon_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&cfg);
+        Daemon {
+            svc: Service::launch(cmd, endpoint),
+            dir,
+        }
     }
 
     fn launch(

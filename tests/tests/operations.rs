@@ -10,8 +10,8 @@ use std::{
 
 use serde_json::Value;
 use tlsmon_e2e::{
-    Bg, Daemon, TempDir, free_port, nginx_tls, openssl_server, run_bounded, self_signed_cert,
-    spawn, tls12_self_signed_server, tlsmon_bin,
+    Bg, Daemon, TempDir, fail2ban_ips, free_port, nginx_tls, openssl_server, run_bounded,
+    self_signed_cert, spawn, tls12_self_signed_server, tlsmon_bin,
 };
 
 fn repo_file(rel: &str) -> PathBuf {
@@ -75,6 +75,20 @@ fn the_package_installs_into_a_scratch_root_enables_its_unit_and_its_daemon_repo
     );
     let (_, conffiles) = dpkg("--status tlsmon");
     assert!(conffiles.contains("/etc/tlsmon/tlsmon.toml"), "{conffiles}");
+    // postinst made the system user (systemd-sysusers, inside the root) and gave the
+    // configuration to root and its group only.
+    let passwd = std::fs::read_to_string(r.join("etc/passwd")).expect("passwd in the root");
+    let gid: u32 = std::fs::read_to_string(r.join("etc/group"))
+        .expect("group in the root")
+        .lines()
+        .find_map(|l| l.strip_prefix("tlsmon:x:"))
+        .and_then(|rest| rest.split(':').next()?.parse().ok())
+        .expect("group tlsmon");
+    assert!(passwd.lines().any(|l| l.starts_with("tlsmon:")), "{passwd}");
+    let meta = std::fs::metadata(r.join("etc/tlsmon/tlsmon.toml")).expect("conffile");
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+    assert_eq!(meta.gid(), gid);
     let (ok, man) = run_bounded(
         Command::new("zcat").arg(r.join("usr/share/man/man8/tlsmon.8.gz")),
         Duration::from_secs(10),
@@ -207,28 +221,15 @@ fn the_fail2ban_filter_matches_real_alert_lines_and_names_only_scanning_clients(
     let log_file = d.dir.path().join("tlsmon.log");
     std::fs::write(&log_file, d.log()).expect("write log");
 
-    let filter = repo_file("packaging/fail2ban/filter.d/tlsmon.conf");
-    let filter = filter.canonicalize().expect("filter path");
-    let (ok, ips) = run_bounded(
-        Command::new("fail2ban-regex")
-            .args(["-o", "ip"])
-            .arg(&log_file)
-            .arg(&filter),
-        Duration::from_secs(60),
-    );
-    assert!(ok, "fail2ban-regex failed");
-    let ips: BTreeSet<&str> = ips
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
+    let ips = fail2ban_ips(&log_file);
     assert_eq!(
         ips,
-        BTreeSet::from(["127.0.0.5", "127.0.0.7"]),
+        BTreeSet::from(["127.0.0.5".to_owned(), "127.0.0.7".to_owned()]),
         "log:\n{}",
         d.log()
     );
     // The summary counts lines: every alert line was read, with the date understood.
+    let filter = repo_file("packaging/fail2ban/filter.d/tlsmon.conf");
     let (_, summary) = run_bounded(
         Command::new("fail2ban-regex").arg(&log_file).arg(&filter),
         Duration::from_secs(60),
