@@ -304,8 +304,10 @@ mod tests {
         ske.extend([0x00, 0x01, 0x02]);
         assert_eq!(dh_prime_bits(&ske), Some(1024));
         assert_eq!(dh_prime_bits(&[0x00, 0x02, 0x01, 0x00]), Some(9));
-        for cut in 0..ske.len().min(130) {
-            assert!(cut >= 131 || dh_prime_bits(&ske[..cut]).is_none());
+        // Length (2) + prime (129): every shorter prefix holds no whole prime.
+        for cut in 0..131 {
+            assert!(dh_prime_bits(&ske[..cut]).is_none(), "{cut}");
         }
+        assert_eq!(dh_prime_bits(&ske[..131]), Some(1024));
     }
 }

@@ -332,7 +332,8 @@ impl HandshakeOutcome {
     }
 }
 
-/// Fails to compile when a cause is added without being listed in `Cause::ALL` below it.
+/// Fails to compile when a cause is added: the reminder to list it in `Cause::ALL` too (the
+/// event schema's enum is generated from it; a test checks the README's table holds it).
 #[allow(dead_code)]
 fn every_cause_is_in_all(c: Cause) {
     match c {
@@ -370,5 +371,25 @@ fn every_cause_is_in_all(c: Cause) {
         | Cause::DecodeError
         | Cause::InternalError
         | Cause::Other => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cause;
+
+    #[test]
+    fn every_cause_has_its_own_slug_and_a_line_in_the_readme() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+            .expect("README.md");
+        let mut seen = std::collections::BTreeSet::new();
+        for c in Cause::ALL {
+            let slug = c.slug();
+            assert!(seen.insert(slug.clone()), "{slug} twice");
+            assert!(
+                readme.contains(&format!("`{slug}`")),
+                "{slug} not in the README's table"
+            );
+        }
     }
 }
