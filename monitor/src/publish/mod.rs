@@ -92,6 +92,8 @@ struct Session {
     /// Packet id -> outbox id, until PUBACK.
     inflight: HashMap<u16, Option<i64>>,
     acked: Vec<i64>,
+    /// The database file the outbox is read from (`store::identity`).
+    db_identity: Option<(u64, u64)>,
 }
 
 impl Session {
@@ -101,6 +103,7 @@ impl Session {
         *self = Session {
             connected,
             acked: std::mem::take(&mut self.acked),
+            db_identity: self.db_identity,
             ..Session::default()
         };
     }
@@ -245,6 +248,19 @@ fn publish_pending(
     sess: &mut Session,
     stats: &MqttHealth,
 ) {
+    // The database was removed or replaced (the writer started a new one): read the new
+    // outbox from its start; what was in flight or acknowledged belongs to the old file.
+    let current = store::identity(db);
+    if current != sess.db_identity {
+        if sess.db_identity.is_some() {
+            tracing::warn!("the database file changed: the MQTT outbox is read from the new one");
+            sess.acked.clear();
+        }
+        *conn = None;
+        let connected = sess.connected;
+        sess.restart(connected);
+        sess.db_identity = current;
+    }
     let room = WINDOW.saturating_sub(sess.in_flight());
     if room == 0 {
         return;

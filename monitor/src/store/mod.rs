@@ -6,6 +6,7 @@
 
 pub mod outbox;
 mod queries;
+mod recovery;
 mod writer;
 
 use std::{path::Path, sync::mpsc, time::Duration};
@@ -150,6 +151,13 @@ pub fn open(path: &Path) -> Result<Connection, StoreError> {
 }
 
 /// Opens the database read-only (status endpoint, CLI).
+/// The database file's identity (device, inode): another one at the path means it was
+/// removed or replaced under the daemon.
+pub fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
 pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
         path,

@@ -14,7 +14,8 @@ use std::{
 
 use rusqlite::{Connection, params, params_from_iter};
 
-use super::{StoreError, Write, open, outbox};
+use super::recovery::open_or_set_aside;
+use super::{StoreError, Write, identity, outbox};
 use crate::{
     alert::{Event, Update, wire_name},
     clock::now_ms,
@@ -175,6 +176,8 @@ pub struct StoreStats {
     pub alerts_inserted: AtomicU64,
     pub batches: AtomicU64,
     pub write_errors: AtomicU64,
+    /// Times the database was found removed or replaced and a new one opened.
+    pub reopened: AtomicU64,
 }
 
 /// The writer thread's handle: send writes, join on drop of the sender.
@@ -198,14 +201,14 @@ impl Writer {
         retention: Retention,
         outbox: Option<outbox::OutboxPolicy>,
     ) -> Result<Writer, StoreError> {
-        let mut conn = open(path)?;
+        let mut conn = open_or_set_aside(path)?;
         let (tx, rx) = mpsc::sync_channel::<Write>(QUEUE);
         let stats = Arc::new(StoreStats::default());
         let st = stats.clone();
-        let shown = path.display().to_string();
+        let owned = path.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("tlsmon-store".into())
-            .spawn(move || writer_loop(&mut conn, &rx, &st, retention, outbox, &shown))
+            .spawn(move || writer_loop(&mut conn, &rx, &st, retention, outbox, &owned))
             .map_err(|source| StoreError::Dir {
                 path: path.display().to_string(),
                 source,
@@ -237,16 +240,42 @@ impl Writer {
     }
 }
 
+/// A new connection to the database at `db` (moved aside first if damaged); the old one is
+/// closed first: closing it removes its -wal and -shm by name, which must not be the new
+/// database's. Returns the identity of the file now open, or None when none could be
+/// opened (then `conn` is a placeholder nothing may be written to).
+fn reopen(conn: &mut Connection, db: &Path, stats: &StoreStats) -> Option<(u64, u64)> {
+    if let Ok(mem) = Connection::open_in_memory() {
+        drop(std::mem::replace(conn, mem));
+    }
+    match open_or_set_aside(db) {
+        Ok(fresh) => {
+            *conn = fresh;
+            stats.reopened.fetch_add(1, Ordering::Relaxed);
+            identity(db)
+        }
+        Err(e) => {
+            stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(database = %db.display(), error = %e, "cannot open a new database");
+            None
+        }
+    }
+}
+
 fn writer_loop(
     conn: &mut Connection,
     rx: &mpsc::Receiver<Write>,
     stats: &StoreStats,
     retention: Retention,
     outbox: Option<outbox::OutboxPolicy>,
-    path: &str,
+    db: &Path,
 ) {
+    let shown = db.display().to_string();
+    let path = shown.as_str();
     let mut last_retention = 0u64;
     let mut last_bounds = 0u64;
+    let mut last_check = 0u64;
+    let mut opened_as = identity(db);
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         match rx.recv_timeout(Duration::from_secs(1)) {
@@ -260,8 +289,36 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
+        // Removed or replaced under us (an operator's rm, a restore): a new database at the
+        // path, said loudly, before this batch is written; what the old file held stays
+        // with it.
+        let checked = now_ms();
+        if !batch.is_empty() || checked.saturating_sub(last_check) >= 1_000 {
+            last_check = checked;
+            let current = identity(db);
+            if current != opened_as {
+                tracing::error!(
+                    database = path,
+                    "the database file was removed or replaced while tlsmon ran: writing to a new one"
+                );
+                opened_as = reopen(conn, db, stats);
+            }
+        }
         if !batch.is_empty() {
-            match apply(conn, &batch, outbox.is_some()) {
+            // A write that fails may be the file's fault (its WAL removed by a
+            // non-atomic `rm tlsmon.db*`, a damaged page): one new connection, one retry.
+            let mut result = match opened_as {
+                Some(_) => apply(conn, &batch, outbox.is_some()),
+                None => Err(rusqlite::Error::InvalidPath(db.to_path_buf())),
+            };
+            if let Err(e) = &result {
+                tracing::warn!(database = path, error = %e, "write failed: opening the database again");
+                opened_as = reopen(conn, db, stats);
+                if opened_as.is_some() {
+                    result = apply(conn, &batch, outbox.is_some());
+                }
+            }
+            match result {
                 Ok(n) => {
                     stats.alerts_inserted.fetch_add(n, Ordering::Relaxed);
                     stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -312,7 +369,7 @@ mod tests {
     use super::*;
     use crate::alert::{AlertEngine, AlertPolicy};
     use crate::store::test_support::{event, temp_db};
-    use crate::store::{FailureQuery, TopBy, failures, open_reader, top};
+    use crate::store::{FailureQuery, TopBy, failures, open, open_reader, top};
 
     #[test]
     fn counted_alerts_keep_one_row_with_the_count_in_the_document() {
@@ -440,5 +497,65 @@ mod tests {
             })
             .unwrap();
         assert_eq!((count, last), (5, 1_000));
+    }
+
+    fn forever() -> Retention {
+        Retention {
+            max_age_ms: u64::MAX / 2,
+            max_bytes: u64::MAX,
+        }
+    }
+
+    #[test]
+    fn a_database_removed_under_the_writer_is_started_again_before_the_next_write() {
+        let path = temp_db("removed");
+        let w = Writer::start(&path, forever(), None).unwrap();
+        let mut engine = AlertEngine::new(AlertPolicy {
+            window_ms: 60_000,
+            flood_peers: 50,
+        });
+        w.tx.send(Write::Alert(engine.observe(event("127.0.0.1", 1))))
+            .unwrap();
+        assert!(w.flush(Duration::from_secs(10)));
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+        w.tx.send(Write::Alert(engine.observe(event("127.0.0.2", 2))))
+            .unwrap();
+        assert!(w.flush(Duration::from_secs(10)));
+        let r = open_reader(&path).expect("a new database at the path");
+        let rows = failures(&r, &FailureQuery::default()).unwrap();
+        assert_eq!(
+            rows.len(),
+            1,
+            "the write after the removal is in the new file"
+        );
+        assert_eq!(w.stats.reopened.load(Ordering::Relaxed), 1);
+        w.close();
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_moved_aside_and_a_new_one_started() {
+        let path = temp_db("damaged");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let w = Writer::start(&path, forever(), None).expect("started over the damaged file");
+        let dir = path.parent().unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let aside: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{name}.corrupt-"))
+            })
+            .collect();
+        assert_eq!(aside.len(), 1, "the damaged file kept aside");
+        assert_eq!(std::fs::read(aside[0].path()).unwrap(), vec![0x5a; 8192]);
+        assert!(w.flush(Duration::from_secs(10)));
+        w.close();
     }
 }
