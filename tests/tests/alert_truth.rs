@@ -6,6 +6,19 @@ use std::{net::SocketAddr, process::Command, time::Duration};
 use serde_json::Value;
 use tlsmon_e2e::*;
 
+/// `curl http://127.0.0.1:PORT/` (bounded): success and what it printed.
+fn plain_http(port: u16) -> (bool, String) {
+    run_bounded(
+        Command::new("curl").args([
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://127.0.0.1:{port}/"),
+        ]),
+        Duration::from_secs(10),
+    )
+}
+
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -292,25 +305,9 @@ fn tls_is_learned_per_service_not_per_port_number() {
     );
     assert!(!known.contains(&format!("127.0.0.1:{port}")), "{known:?}");
     for _ in 0..2 {
-        let (ok, out) = run_bounded(
-            Command::new("curl").args([
-                "-sS",
-                "--max-time",
-                "5",
-                &format!("http://127.0.0.1:{port}/"),
-            ]),
-            Duration::from_secs(10),
-        );
+        let (ok, out) = plain_http(port);
         assert!(ok, "{out}");
-        run_bounded(
-            Command::new("curl").args([
-                "-sS",
-                "--max-time",
-                "5",
-                &format!("http://127.0.0.1:{tls_port}/"),
-            ]),
-            Duration::from_secs(10),
-        );
+        plain_http(tls_port);
     }
     let refused = d.failures_counting(&format!("port={tls_port}"), 2, Duration::from_secs(20));
     assert!(
@@ -369,15 +366,7 @@ fn plaintext_to_a_fresh_tls_listener_that_answers_with_an_alert_is_caught() {
     );
     wait_listening(addr(port), Duration::from_secs(60));
     for _ in 0..2 {
-        run_bounded(
-            Command::new("curl").args([
-                "-sS",
-                "--max-time",
-                "5",
-                &format!("http://127.0.0.1:{port}/"),
-            ]),
-            Duration::from_secs(10),
-        );
+        plain_http(port);
     }
     let alerts = d.failures_counting(&format!("port={port}"), 2, Duration::from_secs(20));
     assert_eq!(alerts.len(), 1, "{alerts:#?}\n{}", d.log());
