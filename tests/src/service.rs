@@ -1,7 +1,7 @@
 //! Long-running tlsmon processes under test: `tlsmon run` ([`Daemon`]) and `tlsmon aggregate`
 //! ([`Aggregator`]), each with its own configuration and scratch directory, its stderr kept,
-//! its HTTP endpoint (TCP on loopback, or a unix socket when it runs in a network
-//! namespace the test cannot reach by TCP).
+//! its HTTP endpoint (the daemon's status socket in its directory, which serves every
+//! route; the aggregator's unix socket).
 
 use std::{
     fmt,
@@ -219,11 +219,43 @@ impl Deref for Daemon {
 
 impl Daemon {
     /// The config file every daemon of a test uses: its database and endpoint, plus `extra`.
+    /// A unix endpoint is the status socket (every route; TCP on an ephemeral loopback
+    /// port for metrics and health); a TCP one is the only listener.
     pub fn config_text(dir: &TempDir, endpoint: &Endpoint, extra: &str) -> String {
+        let status = match endpoint {
+            Endpoint::Unix(p) => format!("listen = \"127.0.0.1:0\"\nsocket = \"{}\"", p.display()),
+            Endpoint::Tcp(a) => format!("listen = \"{a}\"\nsocket = \"\""),
+        };
+        Self::config_with_status(dir, &status, extra)
+    }
+
+    fn config_with_status(dir: &TempDir, status: &str, extra: &str) -> String {
         format!(
-            "[store]\npath = \"{}\"\n\n[status]\nlisten = \"{endpoint}\"\n\n{extra}\n",
+            "[store]\npath = \"{}\"\n\n[status]\n{status}\n\n{extra}\n",
             dir.path().join("db/tlsmon.db").display()
         )
+    }
+
+    /// Starts the daemon under test with its socket in its directory (the endpoint) and
+    /// `status` added to its `[status]` section (a `listen`, a `token_file`).
+    pub fn start_with_status(status: &str) -> Daemon {
+        let dir = TempDir::new("daemon");
+        let endpoint = Self::socket_in(&dir);
+        let Endpoint::Unix(sock) = &endpoint else {
+            unreachable!("socket_in is a unix endpoint")
+        };
+        let text = Self::config_with_status(
+            &dir,
+            &format!("socket = \"{}\"\n{status}", sock.display()),
+            "",
+        );
+        std::fs::write(dir.path().join("tlsmon.toml"), text).expect("write config");
+        Self::launch(&tlsmon_bin(), dir, endpoint, None, &[])
+    }
+
+    /// A daemon's status socket in its directory.
+    fn socket_in(dir: &TempDir) -> Endpoint {
+        Endpoint::Unix(dir.path().join("status.sock"))
     }
 
     /// Starts the daemon under test; returns once `/readyz` answers 200 (bounded).
@@ -234,19 +266,21 @@ impl Daemon {
     /// Starts `bin run` (the binary under test, or one a package installed).
     pub fn start_bin(bin: &Path, extra: &str) -> Daemon {
         let dir = TempDir::new("daemon");
-        Self::write_and_launch(bin, dir, Endpoint::free_tcp(), extra, None, &[])
+        let endpoint = Self::socket_in(&dir);
+        Self::write_and_launch(bin, dir, endpoint, extra, None, &[])
     }
 
     /// Starts the daemon under test with extra environment variables.
     pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = TempDir::new("daemon");
-        Self::write_and_launch(&tlsmon_bin(), dir, Endpoint::free_tcp(), extra, None, env)
+        let endpoint = Self::socket_in(&dir);
+        Self::write_and_launch(&tlsmon_bin(), dir, endpoint, extra, None, env)
     }
 
-    /// Starts the daemon inside network namespace `netns` (its endpoint a unix socket).
+    /// Starts the daemon inside network namespace `netns`.
     pub fn start_in(netns: &str, extra: &str) -> Daemon {
         let dir = TempDir::new("daemon");
-        let endpoint = Endpoint::Unix(dir.path().join("status.sock"));
+        let endpoint = Self::socket_in(&dir);
         Self::write_and_launch(&tlsmon_bin(), dir, endpoint, extra, Some(netns), &[])
     }
 
@@ -281,7 +315,7 @@ impl Daemon {
     pub fn start_wrapped(owner: (u32, u32), wrapper: &[&str], extra: &str) -> Daemon {
         let dir = TempDir::new("daemon");
         std::os::unix::fs::chown(dir.path(), Some(owner.0), Some(owner.1)).expect("chown");
-        let endpoint = Endpoint::free_tcp();
+        let endpoint = Self::socket_in(&dir);
         let cfg = dir.path().join("tlsmon.toml");
         std::fs::write(&cfg, Self::config_text(&dir, &endpoint, extra)).expect("write config");
         let mut cmd = Command::new(wrapper[0]);

@@ -10,8 +10,8 @@ use std::{
 
 use serde_json::Value;
 use tlsmon_e2e::{
-    Bg, Daemon, TempDir, fail2ban_ips, free_port, nginx_tls, openssl_server, run_bounded,
-    self_signed_cert, spawn, tls12_self_signed_server, tlsmon_bin,
+    Daemon, TempDir, fail2ban_ips, free_port, nginx_tls, openssl_server, run_bounded,
+    self_signed_cert, tls12_self_signed_server,
 };
 
 fn repo_file(rel: &str) -> PathBuf {
@@ -239,84 +239,6 @@ fn the_fail2ban_filter_matches_real_alert_lines_and_names_only_scanning_clients(
         !summary.contains("[0] ^Year"),
         "dates not recognised:\n{summary}"
     );
-}
-
-#[test]
-#[ignore = "root: loads eBPF programs (sudo ./x test)"]
-fn the_status_endpoint_on_a_unix_socket_is_root_only_and_answers_the_cli() {
-    let dir = TempDir::new("unix");
-    let sock = dir.path().join("status.sock");
-    let cfg = dir.path().join("tlsmon.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[store]\npath = \"{}\"\n\n[status]\nlisten = \"unix:{}\"\n",
-            dir.path().join("tlsmon.db").display(),
-            sock.display()
-        ),
-    )
-    .expect("config");
-    let _daemon: Bg = spawn(
-        Command::new(tlsmon_bin())
-            .arg("run")
-            .arg("--config")
-            .arg(&cfg),
-    );
-    let endpoint = format!("unix:{}", sock.display());
-    let status = |args: &[&str]| {
-        run_bounded(
-            Command::new(tlsmon_bin())
-                .args(args)
-                .args(["--endpoint", &endpoint]),
-            Duration::from_secs(10),
-        )
-    };
-    let t0 = Instant::now();
-    let mut ready = false;
-    while t0.elapsed() < Duration::from_secs(60) && !ready {
-        let (_, out) = run_bounded(
-            Command::new("curl").args([
-                "-s",
-                "--max-time",
-                "2",
-                "--unix-socket",
-                &sock.display().to_string(),
-                "http://localhost/readyz",
-            ]),
-            Duration::from_secs(5),
-        );
-        ready = out.contains("ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(ready, "the unix endpoint never became ready");
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&sock)
-        .expect("socket")
-        .permissions()
-        .mode()
-        & 0o777;
-    assert_eq!(mode, 0o600, "socket mode {mode:o}");
-
-    let pki = self_signed_cert();
-    let port = free_port();
-    let _server = openssl_server(
-        &pki,
-        format!("127.0.0.1:{port}").parse().expect("addr"),
-        &[],
-    );
-    assert!(!curl(&[&format!("https://127.0.0.1:{port}/")]));
-    let t0 = Instant::now();
-    let mut listed: Vec<Value> = Vec::new();
-    while t0.elapsed() < Duration::from_secs(10) && listed.is_empty() {
-        let (ok, out) = status(&["failures", "--since", "5m", "--process", "curl", "--json"]);
-        assert!(ok, "tlsmon failures over the unix socket failed");
-        listed = serde_json::from_str(&out).unwrap_or_default();
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(listed.len(), 1, "{listed:?}");
-    assert_eq!(listed[0]["peer"]["port"], port);
-    let (ok, table) = status(&["status"]);
-    assert!(ok && table.contains("curl"), "{table}");
 }
 
 #[test]

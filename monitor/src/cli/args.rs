@@ -112,18 +112,56 @@ pub struct RunArgs {
 pub struct EndpointArgs {
     #[command(flatten)]
     pub config: ConfigArg,
-    /// The daemon's endpoint (127.0.0.1:9464, unix:/run/tlsmon/status.sock)
-    /// [default: status.listen of the configuration].
+    /// The daemon's endpoint (unix:/run/tlsmon/status.sock, 127.0.0.1:9464)
+    /// [default: status.socket of the configuration, else status.listen].
     #[arg(long)]
     pub endpoint: Option<String>,
+    /// A file whose first line is the bearer token for a TCP endpoint
+    /// [default: status.token_file of the configuration, when the endpoint comes from it].
+    #[arg(long)]
+    pub token_file: Option<std::path::PathBuf>,
     /// Print the JSON as the endpoint gives it.
     #[arg(long)]
     pub json: bool,
 }
 
+/// Where `tlsmon status` and `failures` ask, and with which token.
+#[derive(Debug)]
+pub struct Target {
+    pub listen: crate::config::Listen,
+    pub token: Option<String>,
+}
+
 impl EndpointArgs {
-    pub fn listen(&self) -> anyhow::Result<crate::config::Listen> {
-        resolve_endpoint(self.endpoint.as_deref(), &self.config, |c| c.status.listen)
+    pub fn target(&self) -> anyhow::Result<Target> {
+        let read_token = |p: &std::path::Path| -> anyhow::Result<String> {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| anyhow::anyhow!("token file {}: {e}", p.display()))?;
+            Ok(text.lines().next().unwrap_or("").trim().to_owned())
+        };
+        let explicit = self.token_file.as_deref().map(read_token).transpose()?;
+        if let Some(e) = &self.endpoint {
+            return Ok(Target {
+                listen: e
+                    .parse()
+                    .map_err(|e: String| anyhow::anyhow!("--endpoint: {e}"))?,
+                token: explicit,
+            });
+        }
+        let status = crate::config::load(self.config.config.as_deref())?.0.status;
+        Ok(match status.socket {
+            Some(p) => Target {
+                listen: crate::config::Listen::Unix(p),
+                token: explicit,
+            },
+            None => Target {
+                listen: status.listen,
+                token: match explicit {
+                    Some(t) => Some(t),
+                    None => status.token_file.as_deref().map(read_token).transpose()?,
+                },
+            },
+        })
     }
 }
 

@@ -9,7 +9,8 @@ use crate::{fleet::view, http::client::get};
 
 /// `tlsmon status`.
 pub fn status(e: &EndpointArgs) -> anyhow::Result<()> {
-    let body = get(&e.listen()?, "/v1/status")?;
+    let t = e.target()?;
+    let body = get(&t.listen, "/v1/status", t.token.as_deref())?;
     if e.json {
         println!("{body}");
     } else {
@@ -22,7 +23,8 @@ pub fn status(e: &EndpointArgs) -> anyhow::Result<()> {
 
 /// `tlsmon failures`.
 pub fn failures(a: &FailuresArgs) -> anyhow::Result<()> {
-    let body = get(&a.endpoint.listen()?, &a.path())?;
+    let t = a.endpoint.target()?;
+    let body = get(&t.listen, &a.path(), t.token.as_deref())?;
     if a.endpoint.json {
         println!("{body}");
     } else {
@@ -35,7 +37,7 @@ pub fn failures(a: &FailuresArgs) -> anyhow::Result<()> {
 
 /// `tlsmon fleet status`.
 pub fn fleet_status(a: &FleetStatusArgs) -> anyhow::Result<()> {
-    let body = get(&a.listen()?, &a.path())?;
+    let body = get(&a.listen()?, &a.path(), None)?;
     if a.json {
         println!("{body}");
     } else {

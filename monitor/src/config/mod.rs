@@ -238,21 +238,37 @@ impl Default for StoreConfig {
     }
 }
 
-/// The local status endpoint.
+/// The local status endpoint. Peers, SNIs and processes (`/v1/status`, `/v1/failures`) are
+/// for root and the `tlsmon` group: served on the unix `socket` (mode 0660, group of
+/// `daemon.user`), and on a TCP `listen` only with the token of `token_file`. A TCP
+/// `listen` answers `/metrics`, `/healthz` and `/readyz` to anyone (Prometheus).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StatusConfig {
-    /// `127.0.0.1:9464`, `[::1]:9464`, or `unix:/run/tlsmon/status.sock`.
+    /// `127.0.0.1:9464`, `[::1]:9464`, or `unix:/path` (a socket with every route).
     pub listen: Listen,
     /// Needed to bind an address other than loopback.
     pub allow_non_loopback: bool,
+    /// The unix socket with every route, for `tlsmon status` and the `tlsmon` group;
+    /// `""` for none.
+    #[serde(deserialize_with = "values::optional_absolute_path")]
+    pub socket: Option<PathBuf>,
+    /// A file whose first line is a bearer token that opens `/v1/*` on the TCP `listen`
+    /// (`Authorization: Bearer <token>`); keep it 0640 root:tlsmon. None: `/v1/*` on TCP
+    /// answers 403.
+    pub token_file: Option<PathBuf>,
 }
+
+/// Where the status socket is unless configured.
+pub const DEFAULT_STATUS_SOCKET: &str = "/run/tlsmon/status.sock";
 
 impl Default for StatusConfig {
     fn default() -> Self {
         StatusConfig {
             listen: Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], DEFAULT_STATUS_PORT))),
             allow_non_loopback: false,
+            socket: Some(PathBuf::from(DEFAULT_STATUS_SOCKET)),
+            token_file: None,
         }
     }
 }
@@ -413,13 +429,18 @@ pub fn readable_secrets(
             path.display()
         ));
     }
-    if let Some(p) = &cfg.mqtt.password_file
-        && world(p)
-    {
-        out.push(format!(
-            "{} (mqtt.password_file) is readable by any local user: chmod 0640",
-            p.display()
-        ));
+    for (p, key) in [
+        (&cfg.mqtt.password_file, "mqtt.password_file"),
+        (&cfg.status.token_file, "status.token_file"),
+    ] {
+        if let Some(p) = p
+            && world(p)
+        {
+            out.push(format!(
+                "{} ({key}) is readable by any local user: chmod 0640",
+                p.display()
+            ));
+        }
     }
     out
 }

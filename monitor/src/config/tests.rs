@@ -92,6 +92,25 @@ fn non_loopback_listen_needs_an_explicit_opt_in() {
 }
 
 #[test]
+fn the_status_socket_is_on_by_default_and_can_be_turned_off() {
+    let c = parse("", "x").unwrap();
+    assert_eq!(
+        c.status.socket,
+        Some(PathBuf::from("/run/tlsmon/status.sock"))
+    );
+    assert_eq!(c.status.token_file, None);
+    let c = parse("[status]\nsocket = \"\"\n", "x").unwrap();
+    assert_eq!(c.status.socket, None);
+    let e = err("[status]\nsocket = \"status.sock\"\n");
+    assert!(e.contains(":2:") && e.contains("absolute"), "{e}");
+    let c = parse("[status]\ntoken_file = \"/etc/tlsmon/status.token\"\n", "x").unwrap();
+    assert_eq!(
+        c.status.token_file,
+        Some(PathBuf::from("/etc/tlsmon/status.token"))
+    );
+}
+
+#[test]
 fn aggregate_section_parses_store_urls_and_hides_passwords() {
     let c = parse(
         "[aggregate]\nstore = \"postgres://fleet:s3cret@127.0.0.1:5432/fleet\"\ngroup = \"g1\"\n",

@@ -253,6 +253,22 @@ impl<'de> Deserialize<'de> for Listen {
     }
 }
 
+/// An absolute path, or `""` for none.
+pub fn optional_absolute_path<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<PathBuf>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.is_empty() {
+        return Ok(None);
+    }
+    if !s.starts_with('/') {
+        return Err(D::Error::custom(format!(
+            "expected an absolute path or \"\" for none, got {s:?}"
+        )));
+    }
+    Ok(Some(PathBuf::from(s)))
+}
+
 /// An address range (a bare address is a /32 or /128).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr(pub ipnet::IpNet);

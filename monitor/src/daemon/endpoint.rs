@@ -1,6 +1,8 @@
 //! The local status endpoint (axum): `/v1/status`, `/v1/failures`, `/metrics`, `/healthz`,
-//! `/readyz`. Bound to loopback or a root-only unix socket by default; reads the daemon's
-//! shared counters and the SQLite store (its own read-only connection per request).
+//! `/readyz`. The unix socket (root and the `tlsmon` group) serves every route; a TCP listener
+//! on loopback serves the details (`/v1/*`: peers, SNIs, processes) only with the bearer token
+//! of `status.token_file`. Reads the daemon's shared counters and the SQLite store (its own
+//! read-only connection per request).
 
 use std::sync::{Arc, atomic::Ordering};
 
@@ -16,19 +18,151 @@ use serde::{Deserialize, Serialize};
 use crate::{
     capture::KernelCounters,
     clock::now_ms,
-    http::serve::{openmetrics, parse_since},
+    config::{Listen, StatusConfig},
+    http::serve::{SocketAccess, bind, openmetrics, parse_since},
     state::DaemonState,
     store::{self, FailureQuery, TopBy},
 };
 
-pub fn router(shared: Arc<DaemonState>) -> Router {
+/// What a listener serves.
+#[derive(Debug, Clone)]
+pub enum Access {
+    /// Every route: the unix socket (its mode and group decide who connects).
+    Everything,
+    /// `/metrics`, `/healthz`, `/readyz` to anyone; `/v1/*` (peers, SNIs, processes) only
+    /// to a request that carries this bearer token, to none without one.
+    Public { token: Option<Arc<str>> },
+}
+
+pub fn router(shared: Arc<DaemonState>, access: Access) -> Router {
+    let details = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/failures", get(failures));
+    let details = match access {
+        Access::Everything => details,
+        Access::Public { token } => details.route_layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let allowed = authorized(
+                    req.headers()
+                        .get(axum::http::header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok()),
+                    token.as_deref(),
+                );
+                async move {
+                    if allowed {
+                        next.run(req).await
+                    } else {
+                        (StatusCode::FORBIDDEN, FORBIDDEN).into_response()
+                    }
+                }
+            },
+        )),
+    };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/v1/status", get(status))
-        .route("/v1/failures", get(failures))
+        .merge(details)
         .with_state(shared)
+}
+
+const FORBIDDEN: &str = "forbidden: peers, SNIs and processes are for root and the tlsmon group, on the unix socket (status.socket; tlsmon status uses it), or on TCP with the bearer token of status.token_file; /metrics, /healthz and /readyz are open\n";
+
+/// Whether an `Authorization` header carries `token` (compared in constant time).
+pub fn authorized(header: Option<&str>, token: Option<&str>) -> bool {
+    let (Some(header), Some(token)) = (header, token) else {
+        return false;
+    };
+    let Some(given) = header.strip_prefix("Bearer ") else {
+        return false;
+    };
+    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The token of `status.token_file`: its first line, at least 16 characters.
+pub fn read_token(path: &std::path::Path) -> anyhow::Result<Arc<str>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("status.token_file {}: {e}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        anyhow::bail!(
+            "status.token_file {}: the first line must be a token of at least 16 printable characters (openssl rand -hex 32)",
+            path.display()
+        );
+    }
+    Ok(Arc::from(token))
+}
+
+/// The daemon's listeners (the TCP or unix `listen`, and the unix `socket`), serving until
+/// [`Listeners::stop`].
+pub struct Listeners {
+    /// What they listen on, for the log.
+    pub described: String,
+    stop: Vec<tokio::sync::oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Listeners {
+    /// Binds `status` (before the probes attach, as root: `/healthz` answers during attach);
+    /// a unix socket goes to the group of `user` (0660).
+    pub async fn start(
+        status: &StatusConfig,
+        user: &str,
+        shared: Arc<DaemonState>,
+    ) -> anyhow::Result<Listeners> {
+        let socket_access = match super::privileges::group_of(user)? {
+            Some(gid) => SocketAccess::Group(gid),
+            None => SocketAccess::Owner,
+        };
+        let token = status.token_file.as_deref().map(read_token).transpose()?;
+        let mut plan = vec![match &status.listen {
+            Listen::Tcp(_) => (status.listen.clone(), Access::Public { token }),
+            Listen::Unix(_) => (status.listen.clone(), Access::Everything),
+        }];
+        if let Some(p) = &status.socket
+            && status.listen != Listen::Unix(p.clone())
+        {
+            plan.push((Listen::Unix(p.clone()), Access::Everything));
+        }
+        let mut out = Listeners {
+            described: String::new(),
+            stop: Vec::new(),
+            tasks: Vec::new(),
+        };
+        for (listen, access) in plan {
+            let bound = bind(&listen, socket_access).await?;
+            let what = match &access {
+                Access::Everything => "every route",
+                Access::Public { token: Some(_) } => "/v1/* with the token",
+                Access::Public { token: None } => "metrics and health only",
+            };
+            if !out.described.is_empty() {
+                out.described.push_str(", ");
+            }
+            out.described
+                .push_str(&format!("{} ({what})", bound.local()));
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            out.stop.push(tx);
+            out.tasks.push(tokio::spawn(bound.serve(
+                router(shared.clone(), access),
+                async move {
+                    let _ = rx.await;
+                },
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Stops serving (bounded wait for answers in flight).
+    pub async fn stop(self) {
+        for tx in self.stop {
+            let _ = tx.send(());
+        }
+        for t in self.tasks {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), t).await;
+        }
+    }
 }
 
 async fn readyz(State(s): State<Arc<DaemonState>>) -> Response {
@@ -284,42 +418,123 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::{config::Listen, http::serve::bind};
+
+    /// The router on a real loopback socket, in a runtime of its own.
+    struct Served {
+        rt: tokio::runtime::Runtime,
+        addr: Listen,
+        shared: Arc<DaemonState>,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    }
+
+    impl Served {
+        fn new(access: Access) -> Served {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let shared = Arc::new(DaemonState::new(
+                PathBuf::from("/nonexistent.db"),
+                String::new(),
+            ));
+            let listen = Listen::Tcp("127.0.0.1:0".parse().expect("addr"));
+            let bound = rt
+                .block_on(bind(&listen, SocketAccess::Owner))
+                .expect("bind");
+            let addr: Listen = bound.local().parse().expect("bound address");
+            let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let in_runtime = rt.enter();
+            let server = rt.spawn(bound.serve(router(shared.clone(), access), async {
+                let _ = stop_rx.await;
+            }));
+            drop(in_runtime);
+            Served {
+                rt,
+                addr,
+                shared,
+                stop: Some(stop),
+                server: Some(server),
+            }
+        }
+
+        fn get(&self, path: &'static str, token: Option<&'static str>) -> (u16, String) {
+            let addr = self.addr.clone();
+            let answer = self
+                .rt
+                .spawn_blocking(move || crate::http::client::get_with_status(&addr, path, token));
+            self.rt.block_on(answer).expect("join").expect("GET")
+        }
+    }
+
+    impl Drop for Served {
+        fn drop(&mut self) {
+            if let (Some(stop), Some(server)) = (self.stop.take(), self.server.take()) {
+                let _ = stop.send(());
+                let _ = self.rt.block_on(server);
+            }
+        }
+    }
 
     /// `/readyz` over a real socket: 503 with the reason until the probes are attached.
     #[test]
     fn readyz_answers_503_until_the_probes_are_attached() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let _in_runtime = rt.enter();
-        let shared = Arc::new(DaemonState::new(
-            PathBuf::from("/nonexistent.db"),
-            String::new(),
-        ));
-        let listen = Listen::Tcp("127.0.0.1:0".parse().expect("addr"));
-        let bound = rt.block_on(bind(&listen)).expect("bind");
-        let addr: Listen = bound.local().parse().expect("bound address");
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = rt.spawn(bound.serve(router(shared.clone()), async {
-            let _ = stop_rx.await;
-        }));
-        let get = |path: &'static str| {
-            let addr = addr.clone();
-            rt.block_on(tokio::task::spawn_blocking(move || {
-                crate::http::client::get_with_status(&addr, path)
-            }))
-            .expect("join")
-            .expect("GET")
-        };
-        assert_eq!(get("/healthz").0, 200);
-        let (code, body) = get("/readyz");
+        let s = Served::new(Access::Everything);
+        assert_eq!(s.get("/healthz", None).0, 200);
+        let (code, body) = s.get("/readyz", None);
         assert_eq!(code, 503);
         assert!(body.contains("not attached"), "{body}");
-        shared.ready.store(true, Ordering::Relaxed);
-        assert_eq!(get("/readyz"), (200, "ready\n".to_owned()));
-        let _ = stop_tx.send(());
-        rt.block_on(server).expect("join").expect("serve");
+        s.shared.ready.store(true, Ordering::Relaxed);
+        assert_eq!(s.get("/readyz", None), (200, "ready\n".to_owned()));
+    }
+
+    /// On TCP, anyone gets metrics and health; the details only with the token.
+    #[test]
+    fn tcp_serves_details_only_with_the_token() {
+        const TOKEN: &str = "0123456789abcdef0123";
+        let s = Served::new(Access::Public {
+            token: Some(Arc::from(TOKEN)),
+        });
+        assert_eq!(s.get("/healthz", None).0, 200);
+        assert_eq!(s.get("/metrics", None).0, 200);
+        for path in ["/v1/status", "/v1/failures"] {
+            let (code, body) = s.get(path, None);
+            assert_eq!(code, 403, "{path}: {body}");
+            assert!(body.contains("tlsmon group"), "{body}");
+            assert_eq!(s.get(path, Some("0123456789abcdef0124")).0, 403, "{path}");
+            assert_eq!(s.get(path, Some("0123456789abcdef012")).0, 403, "{path}");
+            let (code, body) = s.get(path, Some(TOKEN));
+            assert_eq!(code, 200, "{path}: {body}");
+        }
+        let open = Served::new(Access::Public { token: None });
+        assert_eq!(open.get("/v1/status", Some(TOKEN)).0, 403);
+        assert_eq!(open.get("/metrics", None).0, 200);
+        let socket = Served::new(Access::Everything);
+        assert_eq!(socket.get("/v1/failures", None).0, 200);
+    }
+
+    #[test]
+    fn bearer_tokens_match_whole() {
+        let t = Some("abcdefghijklmnop");
+        assert!(authorized(Some("Bearer abcdefghijklmnop"), t));
+        assert!(!authorized(Some("Bearer abcdefghijklmno"), t));
+        assert!(!authorized(Some("Bearer abcdefghijklmnopq"), t));
+        assert!(!authorized(Some("Basic abcdefghijklmnop"), t));
+        assert!(!authorized(Some("abcdefghijklmnop"), t));
+        assert!(!authorized(None, t));
+        assert!(!authorized(Some("Bearer "), None));
+    }
+
+    #[test]
+    fn a_token_file_needs_a_long_printable_first_line() {
+        let dir = std::env::temp_dir().join(format!("tlsmon-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let f = dir.join("token");
+        std::fs::write(&f, "0123456789abcdef0123\nignored\n").expect("write");
+        assert_eq!(&*read_token(&f).expect("token"), "0123456789abcdef0123");
+        std::fs::write(&f, "short\n").expect("write");
+        assert!(read_token(&f).unwrap_err().to_string().contains("16"));
+        assert!(read_token(&dir.join("missing")).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -29,7 +29,6 @@ use crate::{
     config::{self, Config, Host},
     flow::{CaptureEvent, FlowLimits},
     handshake::{DEFAULT_TLS_PORTS, HandshakeOutcome, names},
-    http::serve,
     judge::{Judge, Verdict, filters},
     mqtt,
     publish::Publisher,
@@ -339,12 +338,9 @@ pub async fn run(cfg: Config, origin: Origin) -> anyhow::Result<()> {
         cfg.store.path.clone(),
         origin.source.to_string(),
     ));
-    let bound = serve::bind(&cfg.status.listen).await?;
-    let endpoint = bound.local();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(bound.serve(endpoint::router(shared.clone()), async move {
-        let _ = stop_rx.await;
-    }));
+    let listeners =
+        endpoint::Listeners::start(&cfg.status, &cfg.daemon.user, shared.clone()).await?;
+    let endpoint = listeners.described.clone();
     // The probes first: every connection tlsmon opens afterwards (MQTT) is seen at its
     // connect() as its own, and never judged. Then root (or the capabilities to attach)
     // goes, before any thread starts and before the endpoint's task first runs (nothing
@@ -534,8 +530,7 @@ pub async fn run(cfg: Config, origin: Origin) -> anyhow::Result<()> {
         let _ = d.writer.flush(Duration::from_secs(10));
     }
     d.writer.close();
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    listeners.stop().await;
     drop(cap);
     tracing::info!("stopped");
     Ok(())

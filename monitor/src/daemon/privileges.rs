@@ -87,6 +87,12 @@ fn account(name: &str) -> anyhow::Result<Option<Account>> {
     }
 }
 
+/// The group of `user` (its primary group): who may use the status socket besides root.
+/// None when the user does not exist (the socket is then its owner's only).
+pub fn group_of(user: &str) -> anyhow::Result<Option<u32>> {
+    Ok(account(user)?.map(|a| a.gid))
+}
+
 /// [`drop_to`] with the store's paths, logged, as the status page shows it.
 pub fn drop_and_describe(user: &str, db: &Path) -> anyhow::Result<RunAs> {
     Ok(match drop_to(user, &store_paths(db))? {

@@ -38,7 +38,7 @@ use super::{
 use crate::{
     clock::now_ms,
     config::{Config, FleetStoreUrl, Host},
-    http::serve::{bind, encode_registry, openmetrics, parse_since},
+    http::serve::{SocketAccess, bind, encode_registry, openmetrics, parse_since},
     mqtt::{self, Settings},
 };
 
@@ -232,7 +232,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         group: a.group.0.clone(),
         last_error: std::sync::Mutex::new(None),
     });
-    let bound = bind(&a.listen).await?;
+    let bound = bind(&a.listen, SocketAccess::Owner).await?;
     tracing::info!(
         endpoint = %bound.local(),
         store = %url,

@@ -16,9 +16,9 @@ use crate::config::Listen;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// GET `path` from the endpoint; the body of a 200 answer.
-pub fn get(listen: &Listen, path: &str) -> anyhow::Result<String> {
-    let (code, body) = get_with_status(listen, path)?;
+/// GET `path` from the endpoint, with a bearer token if given; the body of a 200 answer.
+pub fn get(listen: &Listen, path: &str, token: Option<&str>) -> anyhow::Result<String> {
+    let (code, body) = get_with_status(listen, path, token)?;
     if code != 200 {
         bail!("the endpoint answered {code}: {}", body.trim());
     }
@@ -26,8 +26,16 @@ pub fn get(listen: &Listen, path: &str) -> anyhow::Result<String> {
 }
 
 /// GET `path` from the endpoint: (status code, body).
-pub fn get_with_status(listen: &Listen, path: &str) -> anyhow::Result<(u16, String)> {
-    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+pub fn get_with_status(
+    listen: &Listen,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    let authorization =
+        token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!(
+        "GET {path} HTTP/1.0\r\nHost: localhost\r\n{authorization}Connection: close\r\n\r\n"
+    );
     let mut raw = Vec::new();
     let hint = "is tlsmon (run, or aggregate for the fleet view) listening there?";
     match listen {
@@ -39,11 +47,18 @@ pub fn get_with_status(listen: &Listen, path: &str) -> anyhow::Result<(u16, Stri
             s.read_to_end(&mut raw)?;
         }
         Listen::Unix(p) => {
-            let mut s = std::os::unix::net::UnixStream::connect(p).with_context(|| {
-                format!(
-                    "cannot reach the tlsmon endpoint at {}: {hint}",
-                    p.display()
-                )
+            let mut s = std::os::unix::net::UnixStream::connect(p).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    anyhow::anyhow!(
+                        "{}: permission denied: peers, SNIs and processes are for root and the tlsmon group (sudo, or sudo usermod -aG tlsmon $USER and log in again)",
+                        p.display()
+                    )
+                } else {
+                    anyhow::anyhow!(
+                        "cannot reach the tlsmon endpoint at {}: {e}: {hint}",
+                        p.display()
+                    )
+                }
             })?;
             s.set_read_timeout(Some(TIMEOUT))?;
             s.write_all(request.as_bytes())?;

@@ -14,28 +14,57 @@ use prometheus_client::{encoding::text::encode, registry::Registry};
 
 use crate::config::Listen;
 
+/// Who may connect to a unix socket endpoint (a TCP listener is open to every local user).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketAccess {
+    /// Its owner only (mode 0600).
+    Owner,
+    /// Its owner and the members of this group (mode 0660); a directory made for it is
+    /// 0750 with that group.
+    Group(u32),
+}
+
 /// Binds the listener (before capture starts, so `/healthz` answers during attach).
-pub async fn bind(listen: &Listen) -> anyhow::Result<Bound> {
+pub async fn bind(listen: &Listen, access: SocketAccess) -> anyhow::Result<Bound> {
     match listen {
         Listen::Tcp(a) => Ok(Bound::Tcp(tokio::net::TcpListener::bind(a).await.map_err(
             |e| anyhow::anyhow!("status endpoint: cannot listen on {a}: {e}"),
         )?)),
-        Listen::Unix(p) => {
-            if let Some(dir) = p.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    anyhow::anyhow!("status endpoint: cannot create {}: {e}", dir.display())
-                })?;
-            }
-            // A socket left by a previous run.
-            let _ = std::fs::remove_file(p);
-            let l = tokio::net::UnixListener::bind(p).map_err(|e| {
-                anyhow::anyhow!("status endpoint: cannot listen on {}: {e}", p.display())
-            })?;
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))?;
-            Ok(Bound::Unix(l))
+        Listen::Unix(p) => Ok(Bound::Unix(bind_unix(p, access)?)),
+    }
+}
+
+fn bind_unix(
+    p: &std::path::Path,
+    access: SocketAccess,
+) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{PermissionsExt, chown};
+    let context = |what: &str, e: std::io::Error| {
+        anyhow::anyhow!("status endpoint: cannot {what} {}: {e}", p.display())
+    };
+    if let Some(dir) = p.parent()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir).map_err(|e| context("create the directory of", e))?;
+        if let SocketAccess::Group(gid) = access {
+            chown(dir, None, Some(gid)).map_err(|e| context("give the directory of", e))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
+                .map_err(|e| context("set the mode of the directory of", e))?;
         }
     }
+    // A socket left by a previous run.
+    let _ = std::fs::remove_file(p);
+    let l = tokio::net::UnixListener::bind(p).map_err(|e| context("listen on", e))?;
+    let mode = match access {
+        SocketAccess::Owner => 0o600,
+        SocketAccess::Group(gid) => {
+            chown(p, None, Some(gid)).map_err(|e| context("give the group", e))?;
+            0o660
+        }
+    };
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| context("set the mode of", e))?;
+    Ok(l)
 }
 
 pub enum Bound {
