@@ -270,6 +270,15 @@ impl Daemon {
         Self::write_and_launch(bin, dir, endpoint, extra, None, &[])
     }
 
+    /// Starts the daemon under test after `prepare` ran on its directory (a file system
+    /// mounted where its database goes, `db/`).
+    pub fn start_after(extra: &str, prepare: impl FnOnce(&Path)) -> Daemon {
+        let dir = TempDir::new("daemon");
+        prepare(dir.path());
+        let endpoint = Self::socket_in(&dir);
+        Self::write_and_launch(&tlsmon_bin(), dir, endpoint, extra, None, &[])
+    }
+
     /// Starts the daemon under test with extra environment variables.
     pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Daemon {
         let dir = TempDir::new("daemon");

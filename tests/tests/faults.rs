@@ -1,6 +1,6 @@
 //! Faults survived with nothing lost, against a real daemon, real failing curls and a real
-//! mosquitto: the database removed or replaced with garbage while the daemon runs, and a
-//! damaged database at start. Privileged: run through `sudo ./x test`.
+//! mosquitto: the database removed or replaced with garbage while the daemon runs, a
+//! damaged database at start, the disk under the database full (a real tmpfs). Privileged: run through `sudo ./x test`.
 
 use std::{process::Command, time::Duration};
 
@@ -149,4 +149,156 @@ fn a_damaged_database_at_start_is_moved_aside_and_the_daemon_runs() {
         Duration::from_secs(10),
     );
     assert!(ok);
+}
+
+/// A tmpfs of `size` mounted at `at`, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).expect("mount point");
+        let (ok, out) = run_bounded(
+            Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size},mode=0755"),
+                    "tlsmon-full",
+                ])
+                .arg(at),
+            Duration::from_secs(10),
+        );
+        assert!(ok, "mount tmpfs: {out}");
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = run_bounded(
+            Command::new("umount").arg("-l").arg(&self.0),
+            Duration::from_secs(10),
+        );
+    }
+}
+
+/// The log's alert lines about `peer_ip`.
+fn alert_lines_from(d: &Daemon, ip: &str) -> usize {
+    d.log()
+        .lines()
+        .filter(|l| l.contains("tlsmon::alert: alert") && l.contains(&format!("peer_ip={ip} ")))
+        .count()
+}
+
+#[test]
+#[ignore = "root: loads eBPF programs (sudo ./x test)"]
+fn a_full_disk_holds_the_alerts_says_so_and_stores_and_publishes_them_when_space_returns() {
+    let broker = Mosquitto::start("allow_anonymous true");
+    let sub = Subscriber::start(broker.port, "tlsmon/v1/+/+/events", &[]);
+    let (_pki, _server, port) = tls12_self_signed_server();
+    let mut mounted = None;
+    let d = Daemon::start_after(&mqtt_config(&broker), |dir| {
+        mounted = Some(Tmpfs::mount(&dir.join("db"), "4m"));
+    });
+    let _tmpfs = mounted.expect("mounted");
+    // Written while there is room.
+    let before = fail_from(&d, "127.0.0.20", port);
+    assert!(
+        sub.wait(Duration::from_secs(15), |m| m
+            .iter()
+            .any(|(_, v)| v["event_id"] == before.as_str())),
+        "first event not published:\n{}",
+        d.log()
+    );
+    // The disk fills up.
+    let filler = d.db_path().with_file_name("filler");
+    let _ = run_bounded(
+        Command::new("dd")
+            .arg("if=/dev/zero")
+            .arg(format!("of={}", filler.display()))
+            .args(["bs=64k", "status=none"]),
+        Duration::from_secs(30),
+    );
+    let peers = ["127.0.0.21", "127.0.0.22", "127.0.0.23"];
+    for ip in peers {
+        assert!(!curl_from(None, ip, &format!("https://127.0.0.1:{port}/")));
+    }
+    // Alerts still reach the log; the endpoint says the store fails and holds them.
+    let t0 = std::time::Instant::now();
+    let mut failing = Value::Null;
+    while t0.elapsed() < Duration::from_secs(15) {
+        failing = d.json("/v1/status")["store"].clone();
+        if failing["failing"].is_string() && failing["held_writes"].as_u64() >= Some(3) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        failing["failing"]
+            .as_str()
+            .is_some_and(|f| f.contains("full")),
+        "{failing}\n{}",
+        d.log()
+    );
+    for ip in peers {
+        assert!(
+            alert_lines_from(&d, ip) >= 1,
+            "no log line for {ip}:\n{}",
+            d.log()
+        );
+    }
+    let (code, body) = d.get("/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("store is failing"), "{body}");
+    let metrics = d.get("/metrics").1;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tlsmon_store_errors_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    let (_, table) = run_bounded(
+        Command::new(tlsmon_bin())
+            .args(["status", "--endpoint"])
+            .arg(d.endpoint.to_string()),
+        Duration::from_secs(10),
+    );
+    assert!(table.contains("STORE FAILING"), "{table}");
+
+    // Space returns: the held alerts are stored and published, none missing.
+    std::fs::remove_file(&filler).expect("remove filler");
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(15) && d.get("/readyz").0 != 200 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(d.get("/readyz").0, 200, "{}", d.log());
+    let ids: Vec<String> = peers
+        .iter()
+        .map(|ip| {
+            d.wait_failure(&format!("port={port}"), Duration::from_secs(15), |a| {
+                a["role"] == "server" && a["peer"]["ip"] == *ip
+            })
+            .unwrap_or_else(|| panic!("the held alert for {ip} was not stored:\n{}", d.log()))
+            ["event_id"]
+                .as_str()
+                .expect("event id")
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        sub.wait(Duration::from_secs(20), |m| ids
+            .iter()
+            .all(|id| m.iter().any(|(_, v)| v["event_id"] == id.as_str()))),
+        "held events not published: got {:?}\n{}",
+        published(&sub),
+        d.log()
+    );
+    assert!(
+        d.log().contains("writing to the database again"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(d.json("/v1/status")["store"]["unstored_alerts"], 0);
+    assert!(!d.log().contains("panicked"), "{}", d.log());
 }

@@ -136,6 +136,18 @@ pub fn status_text(v: &Value) -> String {
         )),
         None => {}
     }
+    if let Some(why) = v.pointer("/store/failing").and_then(Value::as_str) {
+        out.push_str(&format!(
+            "STORE FAILING: {why}; {} writes held in memory, {} alerts not stored (they are in the log)\n",
+            n(v, "/store/held_writes"),
+            n(v, "/store/unstored_alerts")
+        ));
+    } else if n(v, "/store/unstored_alerts") > 0 {
+        out.push_str(&format!(
+            "store: {} alerts were not stored while it failed (in the log, and a gap record)\n",
+            n(v, "/store/unstored_alerts")
+        ));
+    }
     let incomplete = n(v, "/handshakes/capture_incomplete");
     if incomplete > 0 {
         let reasons: Vec<String> = v["handshakes"]["capture_incomplete_by_reason"]

@@ -166,14 +166,23 @@ impl Listeners {
 }
 
 async fn readyz(State(s): State<Arc<DaemonState>>) -> Response {
-    if s.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
+    let failing = s.store.lock().ok().and_then(|h| h.failing.clone());
+    if !s.ready.load(Ordering::Relaxed) {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: kernel probes are not attached yet\n",
         )
             .into_response()
+    } else if let Some(why) = failing {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: the store is failing ({why}); alerts go to the log and /metrics and are held in memory\n"
+            ),
+        )
+            .into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
     }
 }
 
@@ -250,6 +259,8 @@ pub struct StatusDoc {
     pub mqtt: Option<MqttStatus>,
     /// Who the daemon runs as (user, kept capabilities).
     pub run_as: crate::state::RunAs,
+    /// Whether the database takes writes.
+    pub store: crate::state::StoreHealth,
 }
 
 #[derive(Debug, Serialize)]
@@ -358,6 +369,7 @@ async fn status(State(s): State<Arc<DaemonState>>) -> Response {
             })
         }),
         run_as: s.run_as.lock().map(|r| r.clone()).unwrap_or_default(),
+        store: s.store.lock().map(|h| h.clone()).unwrap_or_default(),
     };
     Json(doc).into_response()
 }

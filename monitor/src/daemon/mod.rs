@@ -33,7 +33,7 @@ use crate::{
     mqtt,
     publish::Publisher,
     state::{
-        DaemonState, TlsServicesSnapshot,
+        DaemonState, StoreHealth, TlsServicesSnapshot,
         metrics::{AlertLabels, HandshakeLabels, ServiceLabels, raise_to},
     },
     store::{OutboxPolicy, Retention, Success, Write, Writer},
@@ -286,6 +286,13 @@ impl Daemon {
         let st = &self.writer.stats;
         raise_to(&m.events_stored, st.alerts_inserted.load(Ordering::Relaxed));
         raise_to(&m.store_errors, st.write_errors.load(Ordering::Relaxed));
+        if let Ok(mut h) = self.shared.store.lock() {
+            *h = StoreHealth {
+                failing: st.failing(),
+                held_writes: st.held.load(Ordering::Relaxed),
+                unstored_alerts: st.unstored_alerts.load(Ordering::Relaxed),
+            };
+        }
         if let Some(p) = self.shared.mqtt.lock().ok().and_then(|g| g.clone()) {
             raise_to(&m.events_published, p.acked.load(Ordering::Relaxed));
         }

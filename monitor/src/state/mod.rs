@@ -44,6 +44,19 @@ pub struct DaemonState {
     pub tls_services: Mutex<TlsServicesSnapshot>,
     /// Who the daemon runs as once its probes are attached.
     pub run_as: Mutex<RunAs>,
+    /// The store's health, as of the daemon's last copy (every second).
+    pub store: Mutex<StoreHealth>,
+}
+
+/// Whether the database takes writes, and what waits or was lost while it did not.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StoreHealth {
+    /// Why writing fails now (a full disk), None while it works.
+    pub failing: Option<String>,
+    /// Writes held in memory until it takes them again.
+    pub held_writes: u64,
+    /// Alerts dropped from memory before it came back (logged, and in a gap record).
+    pub unstored_alerts: u64,
 }
 
 /// The daemon's user and capabilities after start-up.
@@ -87,6 +100,7 @@ impl DaemonState {
             closed_without_data: Mutex::new(BTreeMap::new()),
             tls_services: Mutex::new(TlsServicesSnapshot::default()),
             run_as: Mutex::new(RunAs::default()),
+            store: Mutex::new(StoreHealth::default()),
         }
     }
 

@@ -4,6 +4,7 @@
 //! batches (one transaction per batch), so a storm never waits on the disk; readers open
 //! their own connections (WAL lets them read while the writer writes).
 
+mod held;
 pub mod outbox;
 mod queries;
 mod recovery;

@@ -30,7 +30,8 @@ pub struct Gap {
     pub event_id: String,
     pub time: String,
     pub host: Host,
-    /// `outbox_full` or `outbox_age`.
+    /// `outbox_full`, `outbox_age`, or `store_failed` (alerts the database could not take
+    /// while it failed, a full disk: dropped from memory before it came back).
     pub reason: &'static str,
     pub dropped: u64,
     /// When the first and last dropped events were queued (unix ms).
@@ -94,29 +95,46 @@ pub fn enforce(conn: &mut Connection, p: &OutboxPolicy, now_ms: u64) -> rusqlite
         let Some((n, first_ms, last_ms)) = dropped else {
             continue;
         };
-        let gap = Gap {
-            schema: GAP_SCHEMA,
-            event_id: uuid::Uuid::now_v7().to_string(),
-            time: crate::clock::rfc3339(now_ms.saturating_mul(1_000_000)),
-            host: p.host.clone(),
+        gaps.push(queue_gap(
+            &tx,
+            &p.host,
             reason,
-            dropped: n,
-            first_ms,
-            last_ms,
-        };
-        tx.execute(
-            "INSERT INTO outbox (event_id, kind, created_ms, payload) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                gap.event_id,
-                OUTBOX_GAP,
-                now_ms as i64,
-                serde_json::to_string(&gap).unwrap_or_default()
-            ],
-        )?;
-        gaps.push(gap);
+            (n, first_ms, last_ms),
+            now_ms,
+        )?);
     }
     tx.commit()?;
     Ok(gaps)
+}
+
+/// Queues one gap record: `dropped` = (how many, first and last unix ms).
+pub fn queue_gap(
+    conn: &Connection,
+    host: &Host,
+    reason: &'static str,
+    (dropped, first_ms, last_ms): (u64, u64, u64),
+    now_ms: u64,
+) -> rusqlite::Result<Gap> {
+    let gap = Gap {
+        schema: GAP_SCHEMA,
+        event_id: uuid::Uuid::now_v7().to_string(),
+        time: crate::clock::rfc3339(now_ms.saturating_mul(1_000_000)),
+        host: host.clone(),
+        reason,
+        dropped,
+        first_ms,
+        last_ms,
+    };
+    conn.execute(
+        "INSERT INTO outbox (event_id, kind, created_ms, payload) VALUES (?1, ?2, ?3, ?4)",
+        params![
+            gap.event_id,
+            OUTBOX_GAP,
+            now_ms as i64,
+            serde_json::to_string(&gap).unwrap_or_default()
+        ],
+    )?;
+    Ok(gap)
 }
 
 /// Deletes the rows matching `filter`; (how many, first and last created_ms) when any.

@@ -14,6 +14,7 @@ use std::{
 
 use rusqlite::{Connection, params, params_from_iter};
 
+use super::held::{HELD_MAX, Held, Unstored};
 use super::recovery::open_or_set_aside;
 use super::{StoreError, Write, identity, outbox};
 use crate::{
@@ -178,6 +179,27 @@ pub struct StoreStats {
     pub write_errors: AtomicU64,
     /// Times the database was found removed or replaced and a new one opened.
     pub reopened: AtomicU64,
+    /// Why writing fails now (a full disk), None while it works.
+    pub failing: std::sync::Mutex<Option<String>>,
+    /// Writes held in memory until the database takes them again.
+    pub held: AtomicU64,
+    /// Alerts dropped from memory before the database came back (each in a gap record).
+    pub unstored_alerts: AtomicU64,
+}
+
+impl StoreStats {
+    /// Why writing fails now, if it does.
+    pub fn failing(&self) -> Option<String> {
+        self.failing.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Sets or clears the failure; the previous one.
+    fn set_failing(&self, why: Option<String>) -> Option<String> {
+        self.failing
+            .lock()
+            .map(|mut f| std::mem::replace(&mut *f, why))
+            .unwrap_or(None)
+    }
 }
 
 /// The writer thread's handle: send writes, join on drop of the sender.
@@ -262,6 +284,40 @@ fn reopen(conn: &mut Connection, db: &Path, stats: &StoreStats) -> Option<(u64, 
     }
 }
 
+fn is_disk_full(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+}
+
+/// Once writing works again: says which alerts were not stored, in the log and, with MQTT,
+/// as a gap record in the outbox (kept for the next try if it cannot be written).
+fn record_unstored(
+    conn: &Connection,
+    outbox: Option<&outbox::OutboxPolicy>,
+    u: Unstored,
+    path: &str,
+    held: &mut Held,
+) {
+    tracing::error!(
+        database = path,
+        alerts = u.alerts,
+        first_ms = u.first_ms,
+        last_ms = u.last_ms,
+        "alerts not stored while the database failed (they were logged)"
+    );
+    if let Some(policy) = outbox
+        && let Err(e) = outbox::queue_gap(
+            conn,
+            &policy.host,
+            "store_failed",
+            (u.alerts, u.first_ms, u.last_ms),
+            now_ms(),
+        )
+    {
+        tracing::warn!(database = path, error = %e, "cannot queue the gap record yet");
+        held.restore_unstored(u);
+    }
+}
+
 fn writer_loop(
     conn: &mut Connection,
     rx: &mpsc::Receiver<Write>,
@@ -277,6 +333,7 @@ fn writer_loop(
     let mut last_check = 0u64;
     let mut opened_as = identity(db);
     let mut batch = Vec::with_capacity(BATCH);
+    let mut held = Held::new(HELD_MAX);
     loop {
         match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(w) => batch.push(w),
@@ -288,6 +345,12 @@ fn writer_loop(
                 Ok(w) => batch.push(w),
                 Err(_) => break,
             }
+        }
+        // What the database could not take before goes first (retried every second).
+        if !held.is_empty() {
+            let mut all = held.take();
+            all.append(&mut batch);
+            batch = all;
         }
         // Removed or replaced under us (an operator's rm, a restore): a new database at the
         // path, said loudly, before this batch is written; what the old file held stays
@@ -311,8 +374,13 @@ fn writer_loop(
                 Some(_) => apply(conn, &batch, outbox.is_some()),
                 None => Err(rusqlite::Error::InvalidPath(db.to_path_buf())),
             };
-            if let Err(e) = &result {
-                tracing::warn!(database = path, error = %e, "write failed: opening the database again");
+            // A full disk is not the file's fault: no new connection for it.
+            if let Err(e) = &result
+                && !is_disk_full(e)
+            {
+                if stats.failing().is_none() {
+                    tracing::warn!(database = path, error = %e, "write failed: opening the database again");
+                }
                 opened_as = reopen(conn, db, stats);
                 if opened_as.is_some() {
                     result = apply(conn, &batch, outbox.is_some());
@@ -322,17 +390,38 @@ fn writer_loop(
                 Ok(n) => {
                     stats.alerts_inserted.fetch_add(n, Ordering::Relaxed);
                     stats.batches.fetch_add(1, Ordering::Relaxed);
+                    if stats.set_failing(None).is_some() {
+                        tracing::warn!(database = path, "writing to the database again");
+                    }
+                    if let Some(u) = held.take_unstored() {
+                        record_unstored(conn, outbox.as_ref(), u, path, &mut held);
+                    }
+                    for w in batch.drain(..) {
+                        if let Write::Flush(done) = w {
+                            let _ = done.send(());
+                        }
+                    }
                 }
                 Err(e) => {
                     stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(database = path, error = %e, lost = batch.len(), "cannot write to the database");
+                    if stats.set_failing(Some(e.to_string())).is_none() {
+                        tracing::error!(
+                            database = path,
+                            error = %e,
+                            "cannot write to the database: alerts still go to the log and /metrics, and are held in memory (up to {HELD_MAX} writes) until it can"
+                        );
+                    }
+                    held.hold(batch.drain(..));
+                    stats
+                        .unstored_alerts
+                        .store(held.dropped_total(), Ordering::Relaxed);
                 }
             }
-            for w in batch.drain(..) {
-                if let Write::Flush(done) = w {
-                    let _ = done.send(());
-                }
-            }
+            stats.held.store(held.len() as u64, Ordering::Relaxed);
+        }
+        // Bounds and retention wait while writing fails.
+        if !held.is_empty() {
+            continue;
         }
         let now = now_ms();
         if let Some(policy) = &outbox
@@ -365,197 +454,4 @@ fn writer_loop(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::alert::{AlertEngine, AlertPolicy};
-    use crate::store::test_support::{event, temp_db};
-    use crate::store::{FailureQuery, TopBy, failures, open, open_reader, top};
-
-    #[test]
-    fn counted_alerts_keep_one_row_with_the_count_in_the_document() {
-        let path = temp_db("count");
-        let mut c = open(&path).unwrap();
-        let mut engine = AlertEngine::new(AlertPolicy {
-            window_ms: 60_000,
-            flood_peers: 50,
-        });
-        let mut batch: Vec<Write> = (0..1000)
-            .map(|i| Write::Alert(engine.observe(event("127.0.0.1", 1000 + i))))
-            .collect();
-        batch.push(Write::Alert(engine.observe(event("10.9.9.9", 5000))));
-        assert_eq!(apply(&mut c, &batch, false).unwrap(), 2);
-        let all = failures(&c, &FailureQuery::default()).unwrap();
-        assert_eq!(all.len(), 2);
-        let lo = &all[1];
-        assert_eq!(lo["count"], 1000);
-        assert_eq!(lo["last_seen"], "t1999", "the last occurrence's time");
-        let only = failures(
-            &c,
-            &FailureQuery {
-                peer: Some("10.0.0.0/8".into()),
-                process: Some("curl".into()),
-                ..FailureQuery::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(only.len(), 1);
-        assert_eq!(only[0]["peer"]["ip"], "10.9.9.9");
-        let none = failures(
-            &c,
-            &FailureQuery {
-                cause: Some("cert_expired".into()),
-                ..FailureQuery::default()
-            },
-        )
-        .unwrap();
-        assert!(none.is_empty());
-        assert!(
-            failures(
-                &c,
-                &FailureQuery {
-                    peer: Some("x".into()),
-                    ..Default::default()
-                }
-            )
-            .is_err()
-        );
-        let top = top(&c, TopBy::Process, 0, 5).unwrap();
-        assert_eq!(top, vec![("curl".into(), "self_signed".into(), 1001)]);
-    }
-
-    #[test]
-    fn retention_deletes_by_age() {
-        let path = temp_db("retention");
-        let mut c = open(&path).unwrap();
-        let mut engine = AlertEngine::new(AlertPolicy {
-            window_ms: 1,
-            flood_peers: 50,
-        });
-        let batch = vec![
-            Write::Alert(engine.observe(event("10.0.0.1", 1_000))),
-            Write::Alert(engine.observe(event("10.0.0.2", 50_000))),
-        ];
-        apply(&mut c, &batch, false).unwrap();
-        let r = Retention {
-            max_age_ms: 10_000,
-            max_bytes: u64::MAX,
-        };
-        assert_eq!(enforce_retention(&c, r, 55_000).unwrap(), 1);
-        assert_eq!(failures(&c, &FailureQuery::default()).unwrap().len(), 1);
-    }
-
-    #[test]
-    fn the_writer_thread_commits_and_flushes() {
-        let path = temp_db("writer");
-        let w = Writer::start(
-            &path,
-            Retention {
-                max_age_ms: u64::MAX / 2,
-                max_bytes: u64::MAX,
-            },
-            None,
-        )
-        .unwrap();
-        let mut engine = AlertEngine::new(AlertPolicy {
-            window_ms: 60_000,
-            flood_peers: 50,
-        });
-        w.tx.send(Write::Alert(engine.observe(event("127.0.0.1", 1))))
-            .unwrap();
-        w.tx.send(Write::Counter("ring_drops", 3)).unwrap();
-        assert!(w.flush(Duration::from_secs(10)));
-        let r = open_reader(&path).unwrap();
-        assert_eq!(failures(&r, &FailureQuery::default()).unwrap().len(), 1);
-        let drops: i64 = r
-            .query_row(
-                "SELECT value FROM counters WHERE name = 'ring_drops'",
-                [],
-                |x| x.get(0),
-            )
-            .unwrap();
-        assert_eq!(drops, 3);
-        w.close();
-    }
-
-    #[test]
-    fn counted_successes_add_up_per_program_peer_version_and_cipher() {
-        let path = temp_db("successes");
-        let mut c = open(&path).unwrap();
-        let s = |count, at_ms| super::super::Success {
-            exe: "/usr/bin/curl".into(),
-            peer_ip: "127.0.0.1".into(),
-            version: "TLSv1.3".into(),
-            cipher: "TLS_AES_256_GCM_SHA384".into(),
-            count,
-            at_ms,
-        };
-        apply(&mut c, &[Write::Successes(vec![s(3, 1_000)])], false).unwrap();
-        apply(&mut c, &[Write::Successes(vec![s(2, 900)])], false).unwrap();
-        let (count, last): (i64, i64) = c
-            .query_row("SELECT count, last_ms FROM successes", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .unwrap();
-        assert_eq!((count, last), (5, 1_000));
-    }
-
-    fn forever() -> Retention {
-        Retention {
-            max_age_ms: u64::MAX / 2,
-            max_bytes: u64::MAX,
-        }
-    }
-
-    #[test]
-    fn a_database_removed_under_the_writer_is_started_again_before_the_next_write() {
-        let path = temp_db("removed");
-        let w = Writer::start(&path, forever(), None).unwrap();
-        let mut engine = AlertEngine::new(AlertPolicy {
-            window_ms: 60_000,
-            flood_peers: 50,
-        });
-        w.tx.send(Write::Alert(engine.observe(event("127.0.0.1", 1))))
-            .unwrap();
-        assert!(w.flush(Duration::from_secs(10)));
-        for suffix in ["", "-wal", "-shm"] {
-            let mut p = path.as_os_str().to_owned();
-            p.push(suffix);
-            let _ = std::fs::remove_file(p);
-        }
-        w.tx.send(Write::Alert(engine.observe(event("127.0.0.2", 2))))
-            .unwrap();
-        assert!(w.flush(Duration::from_secs(10)));
-        let r = open_reader(&path).expect("a new database at the path");
-        let rows = failures(&r, &FailureQuery::default()).unwrap();
-        assert_eq!(
-            rows.len(),
-            1,
-            "the write after the removal is in the new file"
-        );
-        assert_eq!(w.stats.reopened.load(Ordering::Relaxed), 1);
-        w.close();
-    }
-
-    #[test]
-    fn a_file_that_is_not_a_database_is_moved_aside_and_a_new_one_started() {
-        let path = temp_db("damaged");
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
-        let w = Writer::start(&path, forever(), None).expect("started over the damaged file");
-        let dir = path.parent().unwrap();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let aside: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .flatten()
-            .filter(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .starts_with(&format!("{name}.corrupt-"))
-            })
-            .collect();
-        assert_eq!(aside.len(), 1, "the damaged file kept aside");
-        assert_eq!(std::fs::read(aside[0].path()).unwrap(), vec![0x5a; 8192]);
-        assert!(w.flush(Duration::from_secs(10)));
-        w.close();
-    }
-}
+mod tests;
