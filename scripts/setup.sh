@@ -3,6 +3,7 @@
 # RUSTUP_AUTO_INSTALL=0). A second run only checks and takes seconds.
 #   scripts/setup.sh run    toolchains + bpf-linker (to build and run the daemon)
 #   scripts/setup.sh test   the same + the programs the tests drive (openssl, curl, nginx, ...)
+#                           and cargo-fuzz (the test run fuzzes every target briefly)
 #   scripts/setup.sh deb    the same as run + cargo-deb
 #   scripts/setup.sh fuzz   the same as run + cargo-fuzz
 set -euo pipefail
@@ -73,8 +74,8 @@ if { [ "$PURPOSE" = test ] || [ "$PURPOSE" = deb ]; } && ! cargo deb --version >
   say "building cargo-deb (about 45 s)"
   cargo +"$STABLE" install cargo-deb --version 3.8.0 --locked --quiet
 fi
-if [ "$PURPOSE" = fuzz ] && ! cargo fuzz --version >/dev/null 2>&1; then
+if { [ "$PURPOSE" = test ] || [ "$PURPOSE" = fuzz ]; } && ! cargo fuzz --version >/dev/null 2>&1; then
   say "building cargo-fuzz (about 60 s)"
-  cargo +"$STABLE" install cargo-fuzz --locked --quiet
+  cargo +"$STABLE" install cargo-fuzz --version 0.13.2 --locked --quiet
 fi
 say "ready ($PURPOSE)"

@@ -306,6 +306,8 @@ fn test(unit_only: bool, filter: Option<String>) -> Result<()> {
         .env("TLSMON_BIN", bin)
         .env("TLSMON_DEB", deb);
     run_tests(&mut e2e, &mut tally)?;
+    // Every parser keeps being fuzzed: a crash fails the run (and becomes a test).
+    fuzz(FUZZ_SECS_IN_TEST)?;
     // The plain closing line: unit and privileged tests together.
     println!("xtask: {} passed, {} failed", tally.passed, tally.failed);
     Ok(())
@@ -314,23 +316,35 @@ fn test(unit_only: bool, filter: Option<String>) -> Result<()> {
 /// The nightly that builds the eBPF crate (with `rust-src`, for `-Z build-std`) also runs
 /// the fuzzers (sanitizers need nightly). scripts/setup.sh installs it.
 const NIGHTLY: &str = "nightly-2026-10-30";
-const FUZZ_TARGETS: [&str; 4] = [
+const FUZZ_TARGETS: [&str; 7] = [
     "record_layer",
     "certificate",
     "connection_splits",
     "renderers",
+    "capture_file",
+    "config",
+    "fleet_message",
 ];
+
+/// Seconds per fuzz target in `xtask test` (the committed seeds and what earlier runs on
+/// this machine found, then new inputs; a fixed seed so a run repeats).
+const FUZZ_SECS_IN_TEST: u32 = 10;
 
 fn fuzz(secs: u32) -> Result<()> {
     for target in FUZZ_TARGETS {
         let corpus = root().join("target/fuzz-corpus").join(target);
         std::fs::create_dir_all(&corpus)?;
+        // New inputs go to the first folder; the committed seeds (fuzz/seeds/make.py) are
+        // read only.
+        let seeds = root().join("fuzz/seeds").join(target);
         // The rustup proxy (not $CARGO, which is the stable binary) so the nightly is used.
         run(Command::new("cargo")
             .args(["fuzz", "run", "--fuzz-dir", "fuzz", target])
             .arg(&corpus)
+            .arg(&seeds)
             .arg("--")
             .arg(format!("-max_total_time={secs}"))
+            .arg("-seed=1")
             // Bounded memory and input: a handshake fits in 64 KiB.
             .args(["-rss_limit_mb=1024", "-max_len=65536"])
             .env("RUSTUP_TOOLCHAIN", NIGHTLY))?;
