@@ -644,6 +644,23 @@ impl Mosquitto {
         }
     }
 
+    /// SIGSTOP: the broker keeps its connections open and answers nothing (no PUBACK, no
+    /// PINGRESP) until [`Mosquitto::resume`].
+    pub fn pause(&self) {
+        if let Some(c) = &self.proc {
+            // SAFETY: kill(2) on our child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGSTOP) };
+        }
+    }
+
+    /// SIGCONT after [`Mosquitto::pause`].
+    pub fn resume(&self) {
+        if let Some(c) = &self.proc {
+            // SAFETY: kill(2) on our child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
+        }
+    }
+
     /// SIGHUP: the broker re-reads its password file.
     pub fn reload(&self) {
         if let Some(c) = &self.proc {

@@ -302,3 +302,100 @@ fn a_full_disk_holds_the_alerts_says_so_and_stores_and_publishes_them_when_space
     assert_eq!(d.json("/v1/status")["store"]["unstored_alerts"], 0);
     assert!(!d.log().contains("panicked"), "{}", d.log());
 }
+
+/// (VmRSS, VmHWM) of `pid` in KiB.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The memory bound stated in docs/security.md for a storm of half-open handshakes.
+const STORM_RSS_BOUND_MIB: u64 = 160;
+
+#[test]
+#[ignore = "root: loads eBPF programs (sudo ./x test)"]
+fn a_storm_of_50000_half_open_handshakes_stays_bounded_and_raises_no_failure() {
+    const N: u64 = 50_000;
+    const MAX_FLOWS: u64 = 10_000;
+    const STORM_RATE: u64 = 2_500;
+    // Nothing idles out during the test: what leaves the table is pushed out by the storm.
+    let d = Daemon::start(&format!(
+        "[capture]\nmax_flows = {MAX_FLOWS}\nidle_timeout_secs = 3600\n"
+    ));
+    let (_, start_peak) = rss_kib(d.pid());
+    let port = free_port();
+    let dir = TempDir::new("storm");
+    let ready = dir.path().join("ready");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/half_open_storm.py");
+    let _storm = spawn(
+        Command::new("python3")
+            .arg(script)
+            .arg(N.to_string())
+            .arg(port.to_string())
+            .arg(&ready)
+            // Paced (each connection is two flows, its client and its server end), so the
+            // ring keeps up and the table, not the ring, is what overflows.
+            .arg(STORM_RATE.to_string()),
+    );
+    let t0 = std::time::Instant::now();
+    while !ready.exists() && t0.elapsed() < Duration::from_secs(150) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(ready.exists(), "the storm did not finish in 150 s");
+    let storm_secs = t0.elapsed().as_secs_f64();
+    // Until the daemon has taken every connection (the ring drained, the table shed).
+    let mut status = Value::Null;
+    let mut last = (u64::MAX, 0);
+    for _ in 0..60 {
+        std::thread::sleep(Duration::from_millis(500));
+        status = d.json("/v1/status");
+        let now = (
+            status["capture"]["flows_reported"].as_u64().unwrap_or(0),
+            status["handshakes"]["capture_incomplete"]
+                .as_u64()
+                .unwrap_or(0),
+        );
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let (rss, peak) = rss_kib(d.pid());
+    let evicted = status["handshakes"]["capture_incomplete_by_reason"]["evicted"]
+        .as_u64()
+        .unwrap_or(0);
+    let lost = status["capture"]["ring_drops"].as_u64().unwrap_or(0);
+    println!(
+        "storm of {N} in {storm_secs:.1} s: peak RSS {} MiB (at start {} MiB, now {} MiB), {evicted} evicted, {} open, {lost} ring drops",
+        peak / 1024,
+        start_peak / 1024,
+        rss / 1024,
+        status["open_connections"]
+    );
+    assert!(
+        peak < STORM_RSS_BOUND_MIB * 1024,
+        "peak RSS {} MiB over the bound of {STORM_RSS_BOUND_MIB} MiB",
+        peak / 1024
+    );
+    // The table stays within its bound; what it shed is incomplete, never a failure.
+    assert!(
+        status["open_connections"].as_u64().unwrap_or(u64::MAX) <= MAX_FLOWS,
+        "{status:#}"
+    );
+    assert!(
+        evicted >= (N - MAX_FLOWS) / 2,
+        "only {evicted} evicted: {status:#}"
+    );
+    let failures = d.json(&format!("/v1/failures?since=5m&port={port}"));
+    assert_eq!(failures.as_array().map(Vec::len), Some(0), "{failures:#}");
+    assert_eq!(status["handshakes"]["failed"], 0, "{status:#}");
+}

@@ -1,11 +1,14 @@
 //! The daemon publishing to a real mosquitto on loopback, read by a real `mosquitto_sub`:
 //! events with the right fields, retained online/offline status, the Last Will after
-//! SIGKILL, and no event lost across a broker outage. Needs root (`sudo ./x test`).
+//! SIGKILL, no event lost across a broker outage, and a broker that stops answering (no
+//! PUBACK) held to the outbox bound. Needs root (`sudo ./x test`).
 
 use std::{collections::BTreeSet, process::Command, time::Duration};
 
 use serde_json::Value;
-use tlsmon_e2e::{Daemon, Mosquitto, Subscriber, free_port, run_bounded, tls12_self_signed_server};
+use tlsmon_e2e::{
+    Daemon, Mosquitto, Subscriber, free_port, run_bounded, tls12_self_signed_server, tlsmon_bin,
+};
 
 fn curl_from(ip: &str, port: u16) -> bool {
     tlsmon_e2e::curl_from(None, ip, &format!("https://127.0.0.1:{port}/"))
@@ -420,6 +423,90 @@ fn a_full_outbox_drops_the_oldest_and_publishes_a_gap_record() {
             + dropped
             >= all),
         "published events + {dropped} dropped < {all}"
+    );
+}
+
+#[test]
+#[ignore = "root: loads eBPF programs (sudo ./x test)"]
+fn a_broker_that_never_acknowledges_keeps_the_outbox_bounded_and_the_status_says_so() {
+    let broker = Mosquitto::start("allow_anonymous true");
+    let sub = Subscriber::start(broker.port, "tlsmon/v1/+/+/events", &[]);
+    let (_pki, _server, port) = tls12_self_signed_server();
+    let d = Daemon::start(&mqtt_config(&broker, "outbox_max_events = 100"));
+    failures_from_many_peers(port, 0, 1);
+    assert!(
+        sub.wait(Duration::from_secs(15), |m| !m.is_empty()),
+        "nothing published before the broker stalls:\n{}",
+        d.log()
+    );
+    // The broker keeps its connections and answers nothing: no PUBACK, no PINGRESP.
+    broker.pause();
+    failures_from_many_peers(port, 1, 130);
+    wait_stored(&d, 132, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(2500));
+    let db = rusqlite::Connection::open(d.db_path()).expect("db");
+    let queued: i64 = db
+        .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
+        .expect("count");
+    assert!(queued <= 100, "outbox holds {queued}");
+    assert!(
+        d.wait_log("MQTT outbox over its bounds", Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
+    let mqtt = d.json("/v1/status")["mqtt"].clone();
+    assert!(
+        mqtt["outbox_backlog"]
+            .as_u64()
+            .is_some_and(|b| b > 0 && b <= 100),
+        "{mqtt:#}"
+    );
+    // The keepalive (5 s) gives up on a broker that does not answer its PINGREQ.
+    let t0 = std::time::Instant::now();
+    let mut mqtt = Value::Null;
+    while t0.elapsed() < Duration::from_secs(20) {
+        mqtt = d.json("/v1/status")["mqtt"].clone();
+        if mqtt["connected"] == false {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(mqtt["connected"], false, "{mqtt:#}");
+    assert!(mqtt["last_error"].is_string(), "{mqtt:#}");
+    let (_, table) = run_bounded(
+        Command::new(tlsmon_bin())
+            .args(["status", "--endpoint"])
+            .arg(d.endpoint.to_string()),
+        Duration::from_secs(10),
+    );
+    assert!(table.contains("mqtt: NOT CONNECTED"), "{table}");
+    // The broker answers again: what the bound kept arrives, what it dropped is a gap.
+    broker.resume();
+    let dropped_in = |m: &[(String, Value)]| -> u64 {
+        m.iter()
+            .filter(|(_, v)| v["schema"] == "tlsmon.gap/1")
+            .filter_map(|(_, v)| v["dropped"].as_u64())
+            .sum()
+    };
+    let events = |m: &[(String, Value)]| -> BTreeSet<String> {
+        m.iter()
+            .filter(|(_, v)| v["schema"] == "tlsmon.event/1")
+            .filter_map(|(_, v)| v["event_id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let all = event_ids(&d).len() as u64;
+    assert!(
+        sub.wait(Duration::from_secs(40), |m| events(m).len() as u64
+            + dropped_in(m)
+            >= all),
+        "{} events + {} dropped < {all}\n{}",
+        events(&sub.messages()).len(),
+        dropped_in(&sub.messages()),
+        d.log()
+    );
+    assert!(
+        dropped_in(&sub.messages()) > 0,
+        "nothing was dropped: the bound did not act"
     );
 }
 

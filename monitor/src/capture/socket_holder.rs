@@ -106,6 +106,10 @@ impl SocketHolders {
     /// The socket inode of each wanted connection, from /proc/net/tcp and tcp6.
     fn inodes(&self, wanted: &[(SocketAddr, SocketAddr)]) -> Vec<Option<u64>> {
         let mut found = vec![None; wanted.len()];
+        let mut index: HashMap<(SocketAddr, SocketAddr), Vec<usize>> = HashMap::new();
+        for (i, w) in wanted.iter().enumerate() {
+            index.entry(*w).or_default().push(i);
+        }
         for table in ["net/tcp", "net/tcp6"] {
             let Ok(text) = std::fs::read_to_string(self.root.join(table)) else {
                 continue;
@@ -115,10 +119,8 @@ impl SocketHolders {
                 if inode == 0 {
                     continue;
                 }
-                for (i, w) in wanted.iter().enumerate() {
-                    if *w == (local, remote) {
-                        found[i] = Some(inode);
-                    }
+                for &i in index.get(&(local, remote)).into_iter().flatten() {
+                    found[i] = Some(inode);
                 }
             }
         }
@@ -126,6 +128,7 @@ impl SocketHolders {
     }
 
     fn scan_fds(&self, inodes: &[u64], holders: &mut HashMap<u64, Holder>) {
+        let wanted: std::collections::HashSet<u64> = inodes.iter().copied().collect();
         let Ok(procs) = std::fs::read_dir(&self.root) else {
             return;
         };
@@ -145,7 +148,7 @@ impl SocketHolders {
                 else {
                     continue;
                 };
-                if inodes.contains(&inode) && !holders.contains_key(&inode) {
+                if wanted.contains(&inode) && !holders.contains_key(&inode) {
                     holders.insert(
                         inode,
                         Holder {
@@ -155,7 +158,7 @@ impl SocketHolders {
                     );
                 }
             }
-            if holders.len() == inodes.len() {
+            if holders.len() == wanted.len() {
                 return;
             }
         }
@@ -222,6 +225,62 @@ impl HolderFallback {
                 })
             })
             .collect()
+    }
+}
+
+/// [`HolderFallback`] on a thread of its own: a walk of /proc on a host with 100,000
+/// sockets takes long enough to stall the ring's drain, so the daemon loop only hands
+/// requests over and picks answers up, never waits. One request at a time.
+pub struct HolderWorker {
+    requests: std::sync::mpsc::SyncSender<(u64, Vec<(u64, ConnInfo)>)>,
+    answers: std::sync::mpsc::Receiver<Vec<CaptureEvent>>,
+    busy: bool,
+    last_ns: u64,
+}
+
+impl HolderWorker {
+    /// Starts the thread (after the privilege drop: it inherits what the daemon kept).
+    pub fn start() -> std::io::Result<HolderWorker> {
+        let (requests, rx) = std::sync::mpsc::sync_channel::<(u64, Vec<(u64, ConnInfo)>)>(1);
+        let (tx, answers) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("tlsmon-holders".into())
+            .spawn(move || {
+                let mut fallback = HolderFallback::default();
+                for (now_ns, unowned) in rx {
+                    if tx.send(fallback.lookup(now_ns, unowned)).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(HolderWorker {
+            requests,
+            answers,
+            busy: false,
+            last_ns: 0,
+        })
+    }
+
+    /// Whether a new request may go now (none in progress, the interval passed).
+    pub fn due(&self, now_ns: u64) -> bool {
+        !self.busy && now_ns.saturating_sub(self.last_ns) >= INTERVAL_NS
+    }
+
+    /// Hands `unowned` connections over.
+    pub fn ask(&mut self, now_ns: u64, unowned: Vec<(u64, ConnInfo)>) {
+        self.last_ns = now_ns;
+        self.busy = self.requests.try_send((now_ns, unowned)).is_ok();
+    }
+
+    /// The owner events of the last request, once it is done.
+    pub fn answers(&mut self) -> Vec<CaptureEvent> {
+        match self.answers.try_recv() {
+            Ok(events) => {
+                self.busy = false;
+                events
+            }
+            Err(_) => Vec::new(),
+        }
     }
 }
 

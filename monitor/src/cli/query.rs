@@ -136,6 +136,24 @@ pub fn status_text(v: &Value) -> String {
         )),
         None => {}
     }
+    if v["mqtt"].is_object() {
+        out.push_str(&format!(
+            "mqtt: {} · {} in flight · last PUBACK {} · outbox {}{}\n",
+            if v["mqtt"]["connected"].as_bool() == Some(true) {
+                "connected"
+            } else {
+                "NOT CONNECTED"
+            },
+            n(v, "/mqtt/in_flight"),
+            v["mqtt"]["last_ack_secs_ago"]
+                .as_u64()
+                .map_or_else(|| "never".to_owned(), |s| format!("{s}s ago")),
+            n(v, "/mqtt/outbox_backlog"),
+            v["mqtt"]["last_error"]
+                .as_str()
+                .map_or_else(String::new, |e| format!(" · last error: {e}")),
+        ));
+    }
     if let Some(why) = v.pointer("/store/failing").and_then(Value::as_str) {
         out.push_str(&format!(
             "STORE FAILING: {why}; {} writes held in memory, {} alerts not stored (they are in the log)\n",

@@ -159,6 +159,9 @@ pub struct CaptureSection {
     pub idle_timeout_secs: Bounded<1, 3600>,
     /// Ports that speak TLS from the first byte, besides the built-in list.
     pub tls_ports: Vec<u16>,
+    /// Handshakes followed at once; beyond it the least recently active are judged as they
+    /// stand (`capture_incomplete`, reason `evicted`), a sixteenth at a time.
+    pub max_flows: Bounded<1024, 1048576>,
 }
 
 impl Default for CaptureSection {
@@ -169,6 +172,7 @@ impl Default for CaptureSection {
             drain_interval_ms: Bounded(20),
             idle_timeout_secs: Bounded(30),
             tls_ports: Vec::new(),
+            max_flows: Bounded(65_536),
         }
     }
 }

@@ -270,6 +270,13 @@ pub struct MqttStatus {
     pub acked: u64,
     pub connects: u64,
     pub last_error: Option<String>,
+    /// Sent and not acknowledged (PUBACK) yet, on this connection.
+    pub in_flight: u64,
+    /// Seconds since the broker last acknowledged a message (None: never).
+    pub last_ack_secs_ago: Option<u64>,
+    /// Outbox rows waiting for the broker (bounded by mqtt.outbox_max_events; what the
+    /// bound drops becomes a gap record).
+    pub outbox_backlog: u64,
 }
 
 fn server_error(e: impl std::fmt::Display) -> Response {
@@ -282,7 +289,7 @@ async fn status(State(s): State<Arc<DaemonState>>) -> Response {
         let conn = match store::open_reader(&db) {
             Ok(c) => c,
             // No database yet: nothing stored.
-            Err(_) => return Ok((TopLists::default(), TopLists::default(), Vec::new())),
+            Err(_) => return Ok((TopLists::default(), TopLists::default(), Vec::new(), 0)),
         };
         let now = now_ms();
         let top = |since: u64| -> Result<TopLists, String> {
@@ -307,10 +314,11 @@ async fn status(State(s): State<Arc<DaemonState>>) -> Response {
                 ..FailureQuery::default()
             },
         )?;
-        Ok((top(5 * 60_000)?, top(3_600_000)?, recent))
+        let backlog = store::outbox::backlog(&conn).unwrap_or(0);
+        Ok((top(5 * 60_000)?, top(3_600_000)?, recent, backlog))
     })
     .await;
-    let (last_5m, last_1h, recent) = match lists {
+    let (last_5m, last_1h, recent, backlog) = match lists {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => return server_error(e),
         Err(e) => return server_error(e),
@@ -366,6 +374,12 @@ async fn status(State(s): State<Arc<DaemonState>>) -> Response {
                 acked: m.acked.load(Ordering::Relaxed),
                 connects: m.connects.load(Ordering::Relaxed),
                 last_error: m.last_error.lock().ok().and_then(|e| e.clone()),
+                in_flight: m.in_flight.load(Ordering::Relaxed),
+                last_ack_secs_ago: match m.last_ack_ns.load(Ordering::Relaxed) {
+                    0 => None,
+                    at => Some(crate::clock::monotonic_ns().saturating_sub(at) / 1_000_000_000),
+                },
+                outbox_backlog: backlog,
             })
         }),
         run_as: s.run_as.lock().map(|r| r.clone()).unwrap_or_default(),

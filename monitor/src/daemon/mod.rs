@@ -23,7 +23,7 @@ use crate::{
     capture::{
         Capture, CaptureConfig, KernelCounters,
         process::ConnectionProcesses,
-        socket_holder::{self, HolderFallback},
+        socket_holder::{self, HolderWorker},
     },
     clock::{monotonic_ns, unix_ns},
     config::{self, Config, Host},
@@ -84,7 +84,7 @@ struct Daemon {
     judge: Judge,
     processes: ConnectionProcesses,
     /// Names connections the kernel did not, through /proc.
-    holder_fallback: HolderFallback,
+    holder_fallback: HolderWorker,
     alerts: AlertEngine,
     writer: Writer,
     shared: Arc<DaemonState>,
@@ -414,12 +414,12 @@ pub async fn run(cfg: Config, origin: Origin) -> anyhow::Result<()> {
             FlowLimits {
                 bytes_per_direction: cfg.capture.direction_budget.get() as usize,
                 idle_ns: cfg.capture.idle_timeout_secs.get() * 1_000_000_000,
-                ..FlowLimits::default()
+                max_flows: cfg.capture.max_flows.get() as usize,
             },
             tls_ports,
         ),
         processes: ConnectionProcesses::default(),
-        holder_fallback: HolderFallback::default(),
+        holder_fallback: HolderWorker::start().context("cannot start the /proc lookup thread")?,
         alerts: AlertEngine::new(alert_policy(&cfg)),
         writer,
         shared: shared.clone(),
@@ -474,14 +474,15 @@ pub async fn run(cfg: Config, origin: Origin) -> anyhow::Result<()> {
         for v in d.judge.take_evicted(mono) {
             d.verdict(v, &mut cap);
         }
+        for ev in d.holder_fallback.answers() {
+            d.event(ev, &mut cap);
+        }
         if d.holder_fallback.due(mono) {
             let unowned = d
                 .judge
                 .unowned(mono, socket_holder::GRACE_NS, socket_holder::PER_LOOKUP);
             if !unowned.is_empty() {
-                for ev in d.holder_fallback.lookup(mono, unowned) {
-                    d.event(ev, &mut cap);
-                }
+                d.holder_fallback.ask(mono, unowned);
             }
         }
         for v in d.judge.expire(mono) {

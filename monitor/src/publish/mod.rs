@@ -149,6 +149,7 @@ async fn run(
                 None => break,
             },
             _ = fill.tick() => {
+                stats.in_flight.store(sess.in_flight() as u64, Ordering::Relaxed);
                 if !sess.acked.is_empty() {
                     // If the writer's queue is full these rows stay and are published again
                     // after the next reconnect (consumers dedup by event_id).
@@ -231,6 +232,9 @@ async fn on_event(
         Event::Incoming(Packet::PubAck(ack)) => {
             if let Some(id) = sess.inflight.remove(&ack.pkid) {
                 stats.acked.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .last_ack_ns
+                    .store(crate::clock::monotonic_ns(), Ordering::Relaxed);
                 if let Some(id) = id {
                     sess.acked.push(id);
                 }

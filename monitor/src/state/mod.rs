@@ -144,4 +144,8 @@ pub struct MqttHealth {
     pub acked: AtomicU64,
     pub connects: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// Monotonic ns of the last PUBACK (0: none yet).
+    pub last_ack_ns: AtomicU64,
+    /// Messages sent and not acknowledged yet, in this connection.
+    pub in_flight: AtomicU64,
 }

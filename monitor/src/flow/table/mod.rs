@@ -306,16 +306,7 @@ impl FlowTable {
             return None;
         }
         if !self.flows.contains_key(&cookie) && self.flows.len() >= self.limits.max_flows {
-            // Make room: the least recently active flow leaves, to be judged as it stands.
-            if let Some(oldest) = self
-                .flows
-                .values()
-                .min_by_key(|f| f.last_ns)
-                .map(|f| f.cookie)
-                && let Some(flow) = self.flows.remove(&oldest)
-            {
-                self.evicted.push(flow);
-            }
+            self.make_room();
         }
         let flow = self
             .flows
@@ -346,6 +337,24 @@ impl FlowTable {
             }
         }
         None
+    }
+
+    /// Makes room in a full table: the least recently active sixteenth (at least one)
+    /// leaves, to be judged as it stands. One pass over the table per sixteenth, so a storm
+    /// of new connections costs a constant per connection, not a pass each.
+    fn make_room(&mut self) {
+        let mut by_age: Vec<(u64, u64)> =
+            self.flows.values().map(|f| (f.last_ns, f.cookie)).collect();
+        let n = (by_age.len() / 16).max(1).min(by_age.len());
+        if n == 0 {
+            return;
+        }
+        by_age.select_nth_unstable(n - 1);
+        for (_, cookie) in by_age.into_iter().take(n) {
+            if let Some(flow) = self.flows.remove(&cookie) {
+                self.evicted.push(flow);
+            }
+        }
     }
 
     /// Finishes the flows idle since before `now_ns - idle`.

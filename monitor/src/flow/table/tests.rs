@@ -141,6 +141,31 @@ fn table_is_bounded_by_evicting_the_least_recent() {
 }
 
 #[test]
+fn a_full_table_sheds_its_idlest_sixteenth_at_once() {
+    let mut t = FlowTable::new(FlowLimits {
+        max_flows: 64,
+        ..FlowLimits::default()
+    });
+    // Cookies 1..=64, cookie c last active at time c (the first 64 arrive in reverse).
+    for c in (1..=64u64).rev() {
+        t.apply(data(c, c, Direction::Egress, 1000, b"a"));
+    }
+    assert_eq!((t.len(), t.take_evicted().len()), (64, 0));
+    t.apply(data(100, 100, Direction::Egress, 1000, b"a"));
+    let mut gone: Vec<u64> = t.take_evicted().iter().map(|f| f.cookie).collect();
+    gone.sort_unstable();
+    assert_eq!(gone, (1..=4).collect::<Vec<_>>(), "the four idlest");
+    assert_eq!(t.len(), 61);
+    // Room for three more before the next shedding.
+    for c in 101..=103 {
+        t.apply(data(c, c, Direction::Egress, 1000, b"a"));
+    }
+    assert!(t.take_evicted().is_empty());
+    t.apply(data(104, 104, Direction::Egress, 1000, b"a"));
+    assert_eq!(t.take_evicted().len(), 4);
+}
+
+#[test]
 fn the_client_hellos_direction_gives_a_role_the_kernel_could_not() {
     let mut t = FlowTable::new(FlowLimits::default());
     t.apply(data(
