@@ -23,7 +23,7 @@ if [ "$PURPOSE" = test ]; then
   for pair in openssl:openssl tcpdump:tcpdump tshark:tshark nginx:nginx-light curl:curl ip:iproute2 \
               python3:python3 mosquitto:mosquitto mosquitto_sub:mosquitto-clients systemd-analyze:systemd fail2ban-regex:fail2ban \
               gzip:gzip unshare:util-linux wrk:wrk go:golang-go java:openjdk-17-jre-headless \
-              nft:nftables haproxy:haproxy; do
+              nft:nftables haproxy:haproxy faketime:faketime; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
   done
   python3 -c 'import jsonschema' >/dev/null 2>&1 || need+=(python3-jsonschema)

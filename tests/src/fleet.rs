@@ -95,6 +95,11 @@ fn pg_bin() -> PathBuf {
 impl Postgres {
     /// Initialises a cluster and starts it (inside `netns` when given), bounded.
     pub fn start(netns: Option<&Netns>) -> Postgres {
+        Self::start_with(netns, &[])
+    }
+
+    /// [`Postgres::start`] with more server settings (`-c name=value` pairs).
+    pub fn start_with(netns: Option<&Netns>, settings: &[&str]) -> Postgres {
         let dir = TempDir::new("postgres");
         let bin = pg_bin();
         let data = dir.path().join("data");
@@ -142,6 +147,9 @@ impl Postgres {
                 "-c",
                 "full_page_writes=off",
             ]);
+        for setting in settings {
+            cmd.args(["-c", setting]);
+        }
         let pg = Postgres {
             port,
             dir,

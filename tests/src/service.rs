@@ -357,6 +357,16 @@ impl Daemon {
         }
     }
 
+    /// `tlsmon status` against this daemon's endpoint (bounded): (success, its output).
+    pub fn status_table(&self) -> (bool, String) {
+        crate::run_bounded(
+            Command::new(tlsmon_bin())
+                .args(["status", "--endpoint"])
+                .arg(self.endpoint.to_string()),
+            Duration::from_secs(10),
+        )
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("tlsmon.toml")
     }
@@ -425,6 +435,18 @@ impl Aggregator {
         group: &str,
         client_id: &str,
     ) -> Aggregator {
+        Self::start_with(netns, broker, store, group, client_id, "")
+    }
+
+    /// [`Aggregator::start`] with more `[aggregate]` settings.
+    pub fn start_with(
+        netns: Option<&str>,
+        broker: &str,
+        store: Option<&str>,
+        group: &str,
+        client_id: &str,
+        extra: &str,
+    ) -> Aggregator {
         let dir = TempDir::new("aggregate");
         let endpoint = Endpoint::Unix(dir.path().join("fleet.sock"));
         let store = store.map_or_else(
@@ -436,7 +458,7 @@ impl Aggregator {
             &cfg,
             format!(
                 "[mqtt]\nbroker = \"{broker}\"\nkeepalive_secs = 5\n\n[aggregate]\nstore = \"{store}\"\n\
-                 group = \"{group}\"\nclient_id = \"{client_id}\"\nlisten = \"{endpoint}\"\n"
+                 group = \"{group}\"\nclient_id = \"{client_id}\"\nlisten = \"{endpoint}\"\n{extra}\n"
             ),
         )
         .expect("write config");

@@ -170,12 +170,7 @@ fn health_checks_and_probes_raise_no_failure() {
         )),
         "{metrics}"
     );
-    let (ok, text) = run_bounded(
-        Command::new(tlsmon_bin())
-            .args(["status", "--endpoint"])
-            .arg(d.endpoint.to_string()),
-        Duration::from_secs(10),
-    );
+    let (ok, text) = d.status_table();
     assert!(ok, "{text}");
     assert!(
         text.contains("handshakes closed without data (health checks or a late rejection)"),

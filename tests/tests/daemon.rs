@@ -118,10 +118,7 @@ fn a_failing_curl_is_reported_by_endpoint_database_metrics_status_and_log() {
 
     // `tlsmon status` and `tlsmon failures`, as an operator types them.
     let endpoint = d.endpoint.to_string();
-    let (ok, out) = run_bounded(
-        Command::new(tlsmon_bin()).args(["status", "--endpoint", &endpoint]),
-        Duration::from_secs(10),
-    );
+    let (ok, out) = d.status_table();
     assert!(ok, "tlsmon status failed");
     assert!(out.contains("tlsmon ready"), "{out}");
     assert!(out.contains("curl") && out.contains("self_signed"), "{out}");

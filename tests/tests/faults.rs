@@ -142,12 +142,7 @@ fn a_damaged_database_at_start_is_moved_aside_and_the_daemon_runs() {
     );
     assert_eq!(aside_files(&d).len(), 1, "{:?}", aside_files(&d));
     fail_from(&d, "127.0.0.34", port);
-    let (ok, _) = run_bounded(
-        Command::new(tlsmon_bin())
-            .args(["status", "--endpoint"])
-            .arg(d.endpoint.to_string()),
-        Duration::from_secs(10),
-    );
+    let (ok, _) = d.status_table();
     assert!(ok);
 }
 
@@ -258,12 +253,7 @@ fn a_full_disk_holds_the_alerts_says_so_and_stores_and_publishes_them_when_space
             .any(|l| l.starts_with("tlsmon_store_errors_total ") && !l.ends_with(" 0")),
         "{metrics}"
     );
-    let (_, table) = run_bounded(
-        Command::new(tlsmon_bin())
-            .args(["status", "--endpoint"])
-            .arg(d.endpoint.to_string()),
-        Duration::from_secs(10),
-    );
+    let (_, table) = d.status_table();
     assert!(table.contains("STORE FAILING"), "{table}");
 
     // Space returns: the held alerts are stored and published, none missing.
@@ -398,4 +388,69 @@ fn a_storm_of_50000_half_open_handshakes_stays_bounded_and_raises_no_failure() {
     let failures = d.json(&format!("/v1/failures?since=5m&port={port}"));
     assert_eq!(failures.as_array().map(Vec::len), Some(0), "{failures:#}");
     assert_eq!(status["handshakes"]["failed"], 0, "{status:#}");
+}
+
+/// The curl alert against `port` (stored in the last week) once its count reaches `count`.
+fn curl_alert_counting(d: &Daemon, port: u16, count: u64) -> Value {
+    d.wait_failure(
+        &format!("since=7d&process=curl&port={port}"),
+        Duration::from_secs(15),
+        |a| a["count"].as_u64() >= Some(count),
+    )
+    .unwrap_or_else(|| {
+        panic!(
+            "no curl alert counting {count}: {:#}\n{}",
+            d.json(&format!("/v1/failures?since=7d&port={port}")),
+            d.log()
+        )
+    })
+}
+
+#[test]
+#[ignore = "root: loads eBPF programs (sudo ./x test)"]
+fn the_wall_clock_stepped_an_hour_forward_and_back_splits_no_alert() {
+    // libfaketime moves the daemon's wall clock (CLOCK_REALTIME) by what the file says; its
+    // monotonic clock stays true.
+    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    assert!(
+        std::path::Path::new(lib).exists(),
+        "{lib} missing (apt install faketime)"
+    );
+    let dir = TempDir::new("clock");
+    let offset = dir.path().join("offset");
+    std::fs::write(&offset, "+0\n").expect("offset");
+    let offset_path = offset.display().to_string();
+    let d = Daemon::start_with_env(
+        "",
+        &[
+            ("LD_PRELOAD", lib),
+            ("FAKETIME_TIMESTAMP_FILE", &offset_path),
+            ("FAKETIME_CACHE_DURATION", "1"),
+            ("DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    let (_pki, _server, port) = tls12_self_signed_server();
+    let url = format!("https://127.0.0.1:{port}/");
+    assert!(!curl_from(None, "127.0.0.1", &url));
+    let first = curl_alert_counting(&d, port, 1);
+    let step = |to: &str| {
+        std::fs::write(&offset, format!("{to}\n")).expect("offset");
+        // libfaketime reads the file again after its one-second cache.
+        std::thread::sleep(Duration::from_millis(1500));
+    };
+    // An hour forward: the same failure a few seconds later is the same alert.
+    step("+1h");
+    assert!(!curl_from(None, "127.0.0.1", &url));
+    let forward = curl_alert_counting(&d, port, 2);
+    assert_eq!(forward["event_id"], first["event_id"], "{forward:#}");
+    // And an hour back from there.
+    step("-1h");
+    assert!(!curl_from(None, "127.0.0.1", &url));
+    let back = curl_alert_counting(&d, port, 3);
+    assert_eq!(back["event_id"], first["event_id"], "{back:#}");
+    // The event times are the wall clock's, as the host reported it.
+    assert_eq!(back["first_seen"], first["first_seen"]);
+    let alerts = d.json(&format!("/v1/failures?since=7d&process=curl&port={port}"));
+    assert_eq!(alerts.as_array().map(Vec::len), Some(1), "{alerts:#}");
+    assert!(!d.log().contains("panicked"), "{}", d.log());
 }

@@ -324,3 +324,141 @@ fn two_hosts_two_aggregators_one_postgres_count_each_event_once() {
         }
     }
 }
+
+/// A CA (ca.pem) and a server certificate for 127.0.0.1 it signed (cert.pem, key.pem, owned
+/// by postgres, 0600).
+fn pg_certificate() -> tlsmon_e2e::TempDir {
+    let dir = tlsmon_e2e::TempDir::new("pg-pki");
+    let script = "set -e; cd \"$1\"
+        openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=tlsmon-test-ca \
+          -keyout ca.key -out ca.pem
+        openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout key.pem -out leaf.csr
+        printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > leaf.ext
+        openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+          -extfile leaf.ext -out cert.pem";
+    let (ok, out) = tlsmon_e2e::run_bounded(
+        std::process::Command::new("sh")
+            .args(["-c", &format!("({script}) 2>&1"), "sh"])
+            .arg(dir.path()),
+        Duration::from_secs(60),
+    );
+    assert!(ok, "openssl: {out}");
+    for f in ["cert.pem", "key.pem"] {
+        let p = dir.path().join(f);
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod");
+        std::os::unix::fs::chown(&p, Some(postgres_uid()), None).expect("chown");
+    }
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod dir");
+    dir
+}
+
+fn postgres_uid() -> u32 {
+    let (ok, out) = tlsmon_e2e::run_bounded(
+        std::process::Command::new("id").args(["-u", "postgres"]),
+        Duration::from_secs(5),
+    );
+    assert!(ok, "{out}");
+    out.trim().parse().expect("uid")
+}
+
+/// An event as a daemon publishes it (the aggregator's parser takes it).
+const EVENT: &str = r#"{"schema":"tlsmon.event/1","event_id":"0195-tls-1","time":"2026-11-23T10:00:00Z",
+    "host":{"id":"m1","name":"web1"},"kind":"handshake_failure","severity":"error",
+    "process":{"pid":7,"comm":"curl","exe":"/usr/bin/curl","unit":null,"uid":0,"container":null},
+    "role":"client","local":{"ip":"127.0.0.1","port":40000},"peer":{"ip":"127.0.0.1","port":8443},
+    "sni":null,"tls":{},"alert":null,"stage":"server_hello","cause":"self_signed","inferred":false,
+    "message":"m","certificate":null,"count":3,"first_seen":"2026-11-23T10:00:00Z",
+    "last_seen":"2026-11-23T10:00:01.5Z"}"#;
+
+#[test]
+#[ignore = "root: loads eBPF programs (sudo ./x test)"]
+fn the_fleet_store_speaks_tls_to_postgresql_and_checks_its_certificate() {
+    let pki = pg_certificate();
+    let cert = pki.path().join("cert.pem");
+    let pg = Postgres::start_with(
+        None,
+        &[
+            "ssl=on",
+            &format!("ssl_cert_file={}", cert.display()),
+            &format!("ssl_key_file={}", pki.path().join("key.pem").display()),
+        ],
+    );
+    let broker = Mosquitto::start("allow_anonymous true");
+    let url = format!("{}?sslmode=require", pg.url());
+    let a = Aggregator::start_with(
+        None,
+        &broker.url(),
+        Some(&url),
+        "tls",
+        "agg-tls",
+        &format!(
+            "store_ca_file = \"{}\"",
+            pki.path().join("ca.pem").display()
+        ),
+    );
+    let (ok, out) = tlsmon_e2e::run_bounded(
+        std::process::Command::new("mosquitto_pub")
+            .args(["-p", &broker.port.to_string(), "-q", "1"])
+            .args(["-t", "tlsmon/v1/lab/m1/events", "-m", EVENT]),
+        Duration::from_secs(10),
+    );
+    assert!(ok, "mosquitto_pub: {out}");
+    // Stored, over a connection PostgreSQL says is TLS.
+    let t0 = Instant::now();
+    let mut tls = String::new();
+    while t0.elapsed() < Duration::from_secs(20) {
+        tls = pg
+            .psql(
+                "fleet",
+                "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+                 WHERE a.application_name = 'tlsmon-aggregate' AND s.ssl",
+            )
+            .unwrap_or_default();
+        let stored = pg
+            .psql("fleet", "SELECT count(*) FROM fleet_events")
+            .unwrap_or_default();
+        if tls != "0" && !tls.is_empty() && stored == "1" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        tls != "0" && !tls.is_empty(),
+        "no TLS connection:\n{}",
+        a.log()
+    );
+    drop(a);
+
+    // A CA that did not sign the server's certificate: refused at start, saying why.
+    let other = pg_certificate();
+    let dir = tlsmon_e2e::TempDir::new("aggregate-bad-ca");
+    let cfg = dir.path().join("aggregate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[mqtt]\nbroker = \"{}\"\n\n[aggregate]\nstore = \"{url}\"\nstore_ca_file = \"{}\"\nlisten = \"unix:{}\"\n",
+            broker.url(),
+            other.path().join("ca.pem").display(),
+            dir.path().join("fleet.sock").display()
+        ),
+    )
+    .expect("config");
+    let (ok, out) = tlsmon_e2e::run_bounded(
+        std::process::Command::new("sh")
+            .args(["-c", "exec \"$@\" 2>&1", "sh"])
+            .arg(tlsmon_e2e::tlsmon_bin())
+            .args(["aggregate", "--config"])
+            .arg(&cfg),
+        Duration::from_secs(30),
+    );
+    assert!(!ok, "an aggregator trusted the wrong CA:\n{out}");
+    assert!(
+        out.contains("certificate") || out.contains("UnknownIssuer"),
+        "{out}"
+    );
+}

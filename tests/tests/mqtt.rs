@@ -6,9 +6,7 @@
 use std::{collections::BTreeSet, process::Command, time::Duration};
 
 use serde_json::Value;
-use tlsmon_e2e::{
-    Daemon, Mosquitto, Subscriber, free_port, run_bounded, tls12_self_signed_server, tlsmon_bin,
-};
+use tlsmon_e2e::{Daemon, Mosquitto, Subscriber, free_port, run_bounded, tls12_self_signed_server};
 
 fn curl_from(ip: &str, port: u16) -> bool {
     tlsmon_e2e::curl_from(None, ip, &format!("https://127.0.0.1:{port}/"))
@@ -473,12 +471,7 @@ fn a_broker_that_never_acknowledges_keeps_the_outbox_bounded_and_the_status_says
     }
     assert_eq!(mqtt["connected"], false, "{mqtt:#}");
     assert!(mqtt["last_error"].is_string(), "{mqtt:#}");
-    let (_, table) = run_bounded(
-        Command::new(tlsmon_bin())
-            .args(["status", "--endpoint"])
-            .arg(d.endpoint.to_string()),
-        Duration::from_secs(10),
-    );
+    let (_, table) = d.status_table();
     assert!(table.contains("mqtt: NOT CONNECTED"), "{table}");
     // The broker answers again: what the bound kept arrives, what it dropped is a gap.
     broker.resume();

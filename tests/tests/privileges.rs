@@ -83,12 +83,7 @@ fn assert_dropped(d: &Daemon, uid: u32) {
         serde_json::json!(["cap_dac_read_search", "cap_sys_ptrace"]),
         "{status:#}"
     );
-    let (ok, text) = run_bounded(
-        Command::new(tlsmon_bin())
-            .args(["status", "--endpoint"])
-            .arg(d.endpoint.to_string()),
-        Duration::from_secs(10),
-    );
+    let (ok, text) = d.status_table();
     assert!(
         ok && text.contains("runs as tlsmon with cap_dac_read_search, cap_sys_ptrace"),
         "{text}"

@@ -107,9 +107,18 @@ impl AlertEngine {
         self.open.len()
     }
 
-    /// Folds one event (count 1, `first_ms` = when it happened) into the alerts.
+    /// Folds one event (count 1) into the alerts, windows on the event's own time
+    /// (`first_ms`: offline analysis and tests, where the capture is the clock).
     pub fn observe(&mut self, ev: Event) -> Update {
         let now = ev.first_ms;
+        self.observe_at(ev, now)
+    }
+
+    /// Folds one event into the alerts, windows on `now_ms` of a clock that never steps:
+    /// the daemon's monotonic clock (a wall clock set back an hour would hold an alert open
+    /// for an hour, set forward would split one). Event times stay wall-clock times.
+    pub fn observe_at(&mut self, ev: Event, now_ms: u64) -> Update {
+        let now = now_ms;
         let process = ev.process.as_ref().map_or("?", |p| p.identity()).to_owned();
         let peer_ip = ev.peer.as_ref().map_or("?", |p| p.ip.as_str()).to_owned();
         let key = AlertKey {
@@ -166,7 +175,8 @@ impl AlertEngine {
         Update::New(Box::new(ev))
     }
 
-    /// Forgets alerts and listeners whose window has passed (call now and then).
+    /// Forgets alerts and listeners whose window has passed (call now and then), on the
+    /// clock [`AlertEngine::observe_at`] was given.
     pub fn expire(&mut self, now_ms: u64) {
         let window = self.policy.window_ms;
         self.open
@@ -279,6 +289,32 @@ mod tests {
             })
         );
         assert_eq!(e.open_alerts(), 1);
+    }
+
+    #[test]
+    fn windows_follow_the_clock_that_never_steps_not_the_event_times() {
+        const HOUR: u64 = 3_600_000;
+        let mut e = AlertEngine::new(POLICY);
+        let start = 10 * HOUR;
+        assert!(matches!(
+            e.observe_at(failure("10.1.1.1", start), 1_000),
+            Update::New(_)
+        ));
+        // The wall clock steps forward an hour, then back two: one second apart each.
+        let forward = e.observe_at(failure("10.1.1.1", start + HOUR), 2_000);
+        assert!(
+            matches!(forward, Update::Count { count: 2, last_ms, .. } if last_ms == start + HOUR),
+            "{forward:?}"
+        );
+        let back = e.observe_at(failure("10.1.1.1", start - HOUR), 3_000);
+        assert!(matches!(back, Update::Count { count: 3, .. }), "{back:?}");
+        // The window ends on the steady clock, whatever the event times say.
+        e.expire(62_000);
+        assert_eq!(e.open_alerts(), 0);
+        assert!(matches!(
+            e.observe_at(failure("10.1.1.1", start - HOUR), 62_000),
+            Update::New(_)
+        ));
     }
 
     #[test]

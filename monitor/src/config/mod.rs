@@ -119,6 +119,10 @@ pub struct AggregateConfig {
     /// `sqlite:/var/lib/tlsmon-aggregate/fleet.db` (one aggregator) or
     /// `postgres://user:password@host:5432/db` (several aggregators, one fleet view).
     pub store: FleetStoreUrl,
+    /// PostgreSQL over TLS (`?sslmode=require` in `store`; `prefer`, the default, when the
+    /// server offers it): the CA certificates (PEM) its certificate must chain to
+    /// (default: the system's).
+    pub store_ca_file: Option<PathBuf>,
     /// Shared-subscription group: aggregators of one group split the events between them.
     pub group: TopicLevel,
     /// MQTT client id; unique per aggregator (default `tlsmon-aggregate-<host id>`). The
@@ -135,6 +139,7 @@ impl Default for AggregateConfig {
     fn default() -> Self {
         AggregateConfig {
             store: FleetStoreUrl::Sqlite(PathBuf::from("/var/lib/tlsmon-aggregate/fleet.db")),
+            store_ca_file: None,
             group: TopicLevel("tlsmon-aggregators".into()),
             client_id: None,
             listen: Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], DEFAULT_FLEET_PORT))),

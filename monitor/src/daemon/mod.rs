@@ -202,7 +202,7 @@ impl Daemon {
         if ev.kind == alert::Kind::WeakHandshake {
             s.warnings.fetch_add(1, Ordering::Relaxed);
         }
-        let update = self.alerts.observe(ev);
+        let update = self.alerts.observe_at(ev, monotonic_ns() / 1_000_000);
         if let Update::New(ev) = &update {
             s.alerts.fetch_add(1, Ordering::Relaxed);
             s.metrics
@@ -491,7 +491,7 @@ pub async fn run(cfg: Config, origin: Origin) -> anyhow::Result<()> {
         let second = mono / 1_000_000_000;
         if second != last_second {
             last_second = second;
-            d.alerts.expire(unix_ns() / 1_000_000);
+            d.alerts.expire(mono / 1_000_000);
             d.write_successes();
             d.write_counts();
             d.counters(&cap);

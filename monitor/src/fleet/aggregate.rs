@@ -119,11 +119,16 @@ enum Job {
 }
 
 /// Owns the store connection; reconnects after an error on the next job.
-fn store_thread(url: FleetStoreUrl, jobs: mpsc::Receiver<Job>, ok: Arc<AtomicBool>) {
+fn store_thread(
+    url: FleetStoreUrl,
+    ca_file: Option<std::path::PathBuf>,
+    jobs: mpsc::Receiver<Job>,
+    ok: Arc<AtomicBool>,
+) {
     let mut store: Option<FleetStore> = None;
     for job in jobs {
         if store.is_none() {
-            match FleetStore::open(&url) {
+            match FleetStore::open(&url, ca_file.as_deref()) {
                 Ok(s) => {
                     tracing::info!(store = %s.name, "fleet store open");
                     store = Some(s);
@@ -207,7 +212,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Fail early, with the reason, when the store cannot be opened at all.
     let url = a.store.clone();
     let probe = url.clone();
-    tokio::task::spawn_blocking(move || FleetStore::open(&probe).map(drop))
+    let ca_file = a.store_ca_file.clone();
+    let probe_ca = ca_file.clone();
+    tokio::task::spawn_blocking(move || FleetStore::open(&probe, probe_ca.as_deref()).map(drop))
         .await?
         .with_context(|| format!("fleet store {url}"))?;
     let store_ok = Arc::new(AtomicBool::new(true));
@@ -216,7 +223,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let (url, ok) = (url.clone(), store_ok.clone());
         std::thread::Builder::new()
             .name("fleet-store".into())
-            .spawn(move || store_thread(url, rx, ok))?;
+            .spawn(move || store_thread(url, ca_file, rx, ok))?;
     }
     let client_id = a
         .client_id

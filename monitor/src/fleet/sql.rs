@@ -65,12 +65,25 @@ impl Conn {
         Ok(Conn::Sqlite(c))
     }
 
-    /// `url`: a libpq-style URL or key=value string.
-    pub fn postgres(url: &str) -> Result<Conn, SqlError> {
+    /// `url`: a libpq-style URL or key=value string. `sslmode=require` (or `prefer`, the
+    /// default: TLS when the server offers it) speaks TLS and checks the server's certificate
+    /// and name against `ca_file` (PEM), else the system's roots; `sslmode=disable` never.
+    pub fn postgres(url: &str, ca_file: Option<&Path>) -> Result<Conn, SqlError> {
         let mut cfg: postgres::Config = url.parse()?;
         cfg.connect_timeout(std::time::Duration::from_secs(10));
         cfg.application_name("tlsmon-aggregate");
-        Ok(Conn::Postgres(Box::new(cfg.connect(postgres::NoTls)?)))
+        let mode = cfg.get_ssl_mode();
+        let client = match (mode, pg_tls_config(ca_file)) {
+            (postgres::config::SslMode::Disable, _) => cfg.connect(postgres::NoTls)?,
+            (_, Ok(tls)) => cfg.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))?,
+            // `prefer` without a CA to check against: as libpq does without root
+            // certificates, plaintext unless the URL requires TLS.
+            (postgres::config::SslMode::Prefer, Err(_)) if ca_file.is_none() => {
+                cfg.connect(postgres::NoTls)?
+            }
+            (_, Err(e)) => return Err(e),
+        };
+        Ok(Conn::Postgres(Box::new(client)))
     }
 
     pub fn is_postgres(&self) -> bool {
@@ -179,6 +192,41 @@ fn sqlite_val(v: &Val) -> rusqlite::types::Value {
     }
 }
 
+/// Where the system's CA certificates are (Debian's ca-certificates).
+const SYSTEM_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// A TLS client that trusts the CA certificates of `ca_file` (PEM), else the system's.
+fn pg_tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, SqlError> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let path = ca_file.unwrap_or(Path::new(SYSTEM_CA));
+    let what = if ca_file.is_some() {
+        "aggregate.store_ca_file"
+    } else {
+        "the system CA certificates"
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| SqlError::Other(format!("{what} {}: {e}", path.display())))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| SqlError::Other(format!("{what} {}: {e}", path.display())))?;
+        roots
+            .add(cert)
+            .map_err(|e| SqlError::Other(format!("{what} {}: {e}", path.display())))?;
+    }
+    if roots.is_empty() {
+        return Err(SqlError::Other(format!(
+            "{what} {}: no certificate in it",
+            path.display()
+        )));
+    }
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+    .map_err(|e| SqlError::Other(format!("TLS for PostgreSQL: {e}")))
+}
+
 fn pg_params(params: &[Val]) -> Vec<Box<dyn postgres::types::ToSql + Sync>> {
     params
         .iter()
@@ -248,6 +296,38 @@ mod tests {
             .query("SELECT a, b FROM t ORDER BY a", &[])
             .expect("query");
         assert_eq!(rows, vec![vec![Cell::Int(1), Cell::Text("x".into())]]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_ca_file_that_is_missing_or_holds_no_certificate_is_named() {
+        let dir = std::env::temp_dir().join(format!("tlsmon-sql-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let missing = pg_tls_config(Some(&dir.join("missing.pem"))).unwrap_err();
+        assert!(
+            missing.to_string().contains("aggregate.store_ca_file"),
+            "{missing}"
+        );
+        std::fs::write(dir.join("empty.pem"), "not a certificate\n").expect("write");
+        let empty = pg_tls_config(Some(&dir.join("empty.pem"))).unwrap_err();
+        assert!(empty.to_string().contains("no certificate"), "{empty}");
+        // With the URL's sslmode=disable no TLS is tried, whatever the CA file.
+        let r = Conn::postgres(
+            "postgres://u@127.0.0.1:1/db?sslmode=disable&connect_timeout=1",
+            Some(&dir.join("missing.pem")),
+        );
+        assert!(
+            !matches!(&r, Err(SqlError::Other(m)) if m.contains("store_ca_file")),
+            "the CA file was read with sslmode=disable"
+        );
+        let r = Conn::postgres(
+            "postgres://u@127.0.0.1:1/db?sslmode=require",
+            Some(&dir.join("missing.pem")),
+        );
+        assert!(
+            matches!(&r, Err(SqlError::Other(m)) if m.contains("store_ca_file")),
+            "sslmode=require went on without its CA file"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -8,6 +8,8 @@ use super::{
     sql::{Cell, Conn, SqlError, Val},
     view::{FleetView, HostRow, Hour, Row, Totals},
 };
+use std::path::Path;
+
 use crate::config::FleetStoreUrl;
 
 const SCHEMA: &str = "
@@ -81,10 +83,12 @@ pub struct FleetStore {
 
 impl FleetStore {
     /// Connects and creates the tables if needed.
-    pub fn open(url: &FleetStoreUrl) -> Result<FleetStore, SqlError> {
+    /// `ca_file`: the CA certificates a PostgreSQL server's certificate is checked
+    /// against (PEM; default: the system's).
+    pub fn open(url: &FleetStoreUrl, ca_file: Option<&Path>) -> Result<FleetStore, SqlError> {
         let mut conn = match url {
             FleetStoreUrl::Sqlite(p) => Conn::sqlite(p)?,
-            FleetStoreUrl::Postgres(u) => Conn::postgres(u)?,
+            FleetStoreUrl::Postgres(u) => Conn::postgres(u, ca_file)?,
         };
         let postgres = conn.is_postgres();
         conn.transaction(|c| {

@@ -32,7 +32,7 @@ fn ev(id: &str, host: &str, cause: &str, count: u64, last_ms: i64) -> Message {
 fn temp_store(name: &str) -> (FleetStore, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("tlsmon-fleet-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let s = FleetStore::open(&FleetStoreUrl::Sqlite(dir.join("fleet.db"))).expect("open");
+    let s = FleetStore::open(&FleetStoreUrl::Sqlite(dir.join("fleet.db")), None).expect("open");
     (s, dir)
 }
 
@@ -63,7 +63,8 @@ fn each_event_id_counts_once_and_count_updates_keep_the_highest() {
     assert_eq!(v.by_cause[0].name, "expired");
     assert_eq!(v.by_cause[0].count, 7);
     // A second store handle on the same file (a second aggregator) sees the same view.
-    let mut again = FleetStore::open(&FleetStoreUrl::Sqlite(dir.join("fleet.db"))).expect("open");
+    let mut again =
+        FleetStore::open(&FleetStoreUrl::Sqlite(dir.join("fleet.db")), None).expect("open");
     assert_eq!(again.view(0, 10_000, 10).expect("view"), v);
     let _ = std::fs::remove_dir_all(dir);
 }

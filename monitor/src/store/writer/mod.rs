@@ -284,6 +284,11 @@ fn reopen(conn: &mut Connection, db: &Path, stats: &StoreStats) -> Option<(u64, 
     }
 }
 
+/// Milliseconds on the monotonic clock (intervals), never 0 (0 means "not yet").
+fn steady_ms() -> u64 {
+    crate::clock::monotonic_ns() / 1_000_000 + 1
+}
+
 fn is_disk_full(e: &rusqlite::Error) -> bool {
     e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
 }
@@ -355,7 +360,8 @@ fn writer_loop(
         // Removed or replaced under us (an operator's rm, a restore): a new database at the
         // path, said loudly, before this batch is written; what the old file held stays
         // with it.
-        let checked = now_ms();
+        // Intervals on the steady clock: a wall clock set back must not pause them.
+        let checked = steady_ms();
         if !batch.is_empty() || checked.saturating_sub(last_check) >= 1_000 {
             last_check = checked;
             let current = identity(db);
@@ -424,10 +430,11 @@ fn writer_loop(
             continue;
         }
         let now = now_ms();
+        let steady = steady_ms();
         if let Some(policy) = &outbox
-            && now.saturating_sub(last_bounds) >= 1_000
+            && steady.saturating_sub(last_bounds) >= 1_000
         {
-            last_bounds = now;
+            last_bounds = steady;
             match outbox::enforce(conn, policy, now) {
                 Ok(gaps) => {
                     for g in gaps {
@@ -442,8 +449,8 @@ fn writer_loop(
                 Err(e) => tracing::warn!(database = path, error = %e, "outbox bounds failed"),
             }
         }
-        if now.saturating_sub(last_retention) > 60_000 {
-            last_retention = now;
+        if steady.saturating_sub(last_retention) > 60_000 {
+            last_retention = steady;
             match enforce_retention(conn, retention, now) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(database = path, deleted = n, "retention"),
