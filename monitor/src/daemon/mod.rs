@@ -210,6 +210,10 @@ impl Daemon {
                 .get_or_create(&AlertLabels {
                     kind: alert::wire_name(&ev.kind),
                     cause: ev.cause.clone(),
+                    process: ev
+                        .process
+                        .as_ref()
+                        .map_or_else(|| "unknown".to_owned(), |p| p.identity().to_owned()),
                 })
                 .inc();
             tracing::warn!(target: "tlsmon::alert", "alert {}", log_line::log_fields(ev));
@@ -286,6 +290,7 @@ impl Daemon {
         let st = &self.writer.stats;
         raise_to(&m.events_stored, st.alerts_inserted.load(Ordering::Relaxed));
         raise_to(&m.store_errors, st.write_errors.load(Ordering::Relaxed));
+        m.store_failing.set(i64::from(st.failing().is_some()));
         if let Ok(mut h) = self.shared.store.lock() {
             *h = StoreHealth {
                 failing: st.failing(),

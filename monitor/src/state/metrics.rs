@@ -32,6 +32,9 @@ pub struct ServiceLabels {
 pub struct AlertLabels {
     pub kind: String,
     pub cause: String,
+    /// The program the alert names (its identity: executable name or comm; bounded by the
+    /// programs of the host, never a peer or an SNI).
+    pub process: String,
 }
 
 /// Every metric the daemon exports.
@@ -47,6 +50,8 @@ pub struct Metrics {
     pub store_errors: Counter,
     pub filtered: Counter,
     pub open_connections: Gauge,
+    /// 1 while the database refuses writes (a full disk), else 0.
+    pub store_failing: Gauge,
 }
 
 impl Default for Metrics {
@@ -74,7 +79,7 @@ impl Metrics {
         let alerts = Family::<AlertLabels, Counter>::default();
         registry.register(
             "alerts",
-            "Alerts raised (deduplicated failures), by kind and cause",
+            "Alerts raised (deduplicated failures), by kind, cause and process",
             alerts.clone(),
         );
         let ring_drops = Counter::default();
@@ -119,6 +124,12 @@ impl Metrics {
             "Connections being watched (handshake not yet judged)",
             open_connections.clone(),
         );
+        let store_failing = Gauge::default();
+        registry.register(
+            "store_failing",
+            "1 while the SQLite store refuses writes (alerts are held in memory), else 0",
+            store_failing.clone(),
+        );
         Metrics {
             registry,
             handshakes,
@@ -131,6 +142,7 @@ impl Metrics {
             store_errors,
             filtered,
             open_connections,
+            store_failing,
         }
     }
 
