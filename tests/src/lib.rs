@@ -163,8 +163,11 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> Self {
+        // Unique within the process (a counter) and across processes (the pid).
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let p = std::env::temp_dir().join(format!(
-            "tlsmon-e2e-{tag}-{}-{}",
+            "tlsmon-e2e-{tag}-{}-{n}-{}",
             std::process::id(),
             free_port()
         ));

@@ -192,11 +192,12 @@ fn a_full_disk_holds_the_alerts_says_so_and_stores_and_publishes_them_when_space
     let broker = Mosquitto::start("allow_anonymous true");
     let sub = Subscriber::start(broker.port, "tlsmon/v1/+/+/events", &[]);
     let (_pki, _server, port) = tls12_self_signed_server();
+    // Declared before the daemon: unmounted after it stops.
     let mut mounted = None;
     let d = Daemon::start_after(&mqtt_config(&broker), |dir| {
         mounted = Some(Tmpfs::mount(&dir.join("db"), "4m"));
     });
-    let _tmpfs = mounted.expect("mounted");
+    assert!(mounted.is_some(), "no tmpfs");
     // Written while there is room.
     let before = fail_from(&d, "127.0.0.20", port);
     assert!(
@@ -321,7 +322,6 @@ fn a_storm_of_50000_half_open_handshakes_stays_bounded_and_raises_no_failure() {
         "[capture]\nmax_flows = {MAX_FLOWS}\nidle_timeout_secs = 3600\n"
     ));
     let (_, start_peak) = rss_kib(d.pid());
-    let port = free_port();
     let dir = TempDir::new("storm");
     let ready = dir.path().join("ready");
     let script =
@@ -330,7 +330,6 @@ fn a_storm_of_50000_half_open_handshakes_stays_bounded_and_raises_no_failure() {
         Command::new("python3")
             .arg(script)
             .arg(N.to_string())
-            .arg(port.to_string())
             .arg(&ready)
             // Paced (each connection is two flows, its client and its server end), so the
             // ring keeps up and the table, not the ring, is what overflows.
@@ -340,8 +339,24 @@ fn a_storm_of_50000_half_open_handshakes_stays_bounded_and_raises_no_failure() {
     while !ready.exists() && t0.elapsed() < Duration::from_secs(150) {
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(ready.exists(), "the storm did not finish in 150 s");
+    let errors = std::fs::read_to_string(dir.path().join("ready.err")).unwrap_or_default();
+    assert!(
+        ready.exists(),
+        "the storm did not finish in 150 s:\n{errors}"
+    );
     let storm_secs = t0.elapsed().as_secs_f64();
+    let said = std::fs::read_to_string(&ready).expect("ready");
+    let [port, made, failed]: [u64; 3] = said
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect::<Vec<u64>>()
+        .try_into()
+        .unwrap_or_else(|_| panic!("ready file: {said:?}"));
+    println!("storm: {made} connections made, {failed} failed on port {port}");
+    assert!(
+        made >= N * 9 / 10,
+        "only {made} of {N} connections:\n{errors}"
+    );
     // Until the daemon has taken every connection (the ring drained, the table shed).
     let mut status = Value::Null;
     let mut last = (u64::MAX, 0);

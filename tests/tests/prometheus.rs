@@ -1,6 +1,7 @@
-//! The shipped Prometheus rules (packaging/prometheus) checked and unit-tested by Debian's
-//! promtool, and a real Prometheus scraping a real daemon: a failing curl shows in its HTTP
-//! API, the rules load, and no metric label holds a peer address or an SNI. Needs root
+//! The shipped Prometheus rules and Grafana dashboard (packaging/prometheus) checked and
+//! unit-tested by Debian's promtool, and a real Prometheus scraping a real daemon: a failing
+//! curl shows in its HTTP API, the rules load, the dashboard's queries run, and no metric
+//! label holds a peer address or an SNI. Needs root
 //! (`sudo ./x test`).
 
 use std::{
@@ -36,8 +37,47 @@ fn the_shipped_rules_pass_promtool_check_and_their_unit_tests() {
     assert!(ok && out.contains("SUCCESS"), "{out}");
 }
 
+/// The dashboard's queries, with the `$instance` variable as Grafana's "All" gives it.
+fn dashboard_queries() -> Vec<String> {
+    let text = std::fs::read_to_string(rules_dir().join("tlsmon-dashboard.json"))
+        .expect("tlsmon-dashboard.json");
+    let dash: Value = serde_json::from_str(&text).expect("dashboard JSON");
+    let queries: Vec<String> = dash["panels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(|e| e.replace("$instance", ".*")))
+        .collect();
+    assert!(queries.len() >= 8, "{queries:?}");
+    queries
+}
+
+#[test]
+#[ignore = "needs Debian's promtool (scripts/setup.sh test installs it; sudo ./x test)"]
+fn every_dashboard_query_is_promql_promtool_accepts() {
+    // promtool checks PromQL in rule files: each query becomes a recording rule.
+    let dir = TempDir::new("dashboard");
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, q) in dashboard_queries().iter().enumerate() {
+        rules.push_str(&format!(
+            "      - record: tlsmon_dashboard:panel_{i}\n        expr: {}\n",
+            serde_json::to_string(q).expect("quoted")
+        ));
+    }
+    let file = dir.path().join("dashboard-rules.yml");
+    std::fs::write(&file, rules).expect("rules");
+    let (ok, out) = promtool(&["check", "rules", &file.display().to_string()]);
+    assert!(ok && out.contains("SUCCESS"), "{out}");
+}
+
 /// GET on Prometheus's HTTP API, the `data` of a success.
 fn api(port: u16, path: &str, query: Option<&str>) -> Value {
+    api_answer(port, path, query)["data"].clone()
+}
+
+/// GET on Prometheus's HTTP API, the whole answer.
+fn api_answer(port: u16, path: &str, query: Option<&str>) -> Value {
     let mut cmd = Command::new("curl");
     cmd.args(["-s", "--max-time", "5", "-G"])
         .arg(format!("http://127.0.0.1:{port}{path}"));
@@ -45,8 +85,7 @@ fn api(port: u16, path: &str, query: Option<&str>) -> Value {
         cmd.args(["--data-urlencode", &format!("query={q}")]);
     }
     let (_, out) = run_bounded(&mut cmd, Duration::from_secs(10));
-    let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
-    v["data"].clone()
+    serde_json::from_str(&out).unwrap_or(Value::Null)
 }
 
 #[test]
@@ -84,6 +123,11 @@ fn a_real_prometheus_scrapes_a_failing_curl_and_loads_the_rules() {
         Duration::from_secs(10),
     );
     assert!(!ok, "curl trusted a self-signed certificate");
+    // A handshake closed without data (a health check): the closed_after_handshake series.
+    openssl_client(
+        format!("127.0.0.1:{server_port}").parse().expect("addr"),
+        &[],
+    );
     let t0 = Instant::now();
     let mut failed = Value::Null;
     while t0.elapsed() < Duration::from_secs(60) {
@@ -121,6 +165,38 @@ fn a_real_prometheus_scrapes_a_failing_curl_and_loads_the_rules() {
             .is_some_and(|r| r.len() == 5 && r.iter().all(|r| r["health"] != "err")),
         "{rules}"
     );
+    // The dashboard's queries run on the real server, on metrics the daemon exports (a
+    // misspelled name would run too, on nothing).
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(15)
+        && !d
+            .get("/metrics")
+            .1
+            .contains("tlsmon_closed_after_handshake_total")
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let exported: Vec<String> = d
+        .get("/metrics")
+        .1
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    for q in dashboard_queries() {
+        let answer = api_answer(prom_port, "/api/v1/query", Some(&q));
+        assert_eq!(answer["status"], "success", "{q}: {answer}");
+        for name in q
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("tlsmon_"))
+        {
+            let base = name.strip_suffix("_total").unwrap_or(name);
+            assert!(
+                exported.iter().any(|e| e == base),
+                "{q}: {name} is not exported ({exported:?})"
+            );
+        }
+    }
     // Cardinality: no label but the scrape's own names a peer or an SNI.
     let all = api(
         prom_port,
@@ -129,7 +205,9 @@ fn a_real_prometheus_scrapes_a_failing_curl_and_loads_the_rules() {
     );
     for series in all["result"].as_array().into_iter().flatten() {
         for (name, value) in series["metric"].as_object().into_iter().flatten() {
-            if name == "instance" {
+            // The scrape's own address, and `service` (a listener or server, ip:port, at
+            // most 256 distinct values, then "other").
+            if name == "instance" || name == "service" {
                 continue;
             }
             let v = value.as_str().unwrap_or("");

@@ -236,6 +236,8 @@ pub struct HolderWorker {
     answers: std::sync::mpsc::Receiver<Vec<CaptureEvent>>,
     busy: bool,
     last_ns: u64,
+    /// The thread is gone (said once; the fallback is off from then on).
+    dead: bool,
 }
 
 impl HolderWorker {
@@ -258,18 +260,23 @@ impl HolderWorker {
             answers,
             busy: false,
             last_ns: 0,
+            dead: false,
         })
     }
 
     /// Whether a new request may go now (none in progress, the interval passed).
     pub fn due(&self, now_ns: u64) -> bool {
-        !self.busy && now_ns.saturating_sub(self.last_ns) >= INTERVAL_NS
+        !self.dead && !self.busy && now_ns.saturating_sub(self.last_ns) >= INTERVAL_NS
     }
 
     /// Hands `unowned` connections over.
     pub fn ask(&mut self, now_ns: u64, unowned: Vec<(u64, ConnInfo)>) {
         self.last_ns = now_ns;
-        self.busy = self.requests.try_send((now_ns, unowned)).is_ok();
+        match self.requests.try_send((now_ns, unowned)) {
+            Ok(()) => self.busy = true,
+            Err(std::sync::mpsc::TrySendError::Full(_)) => {}
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => self.died(),
+        }
     }
 
     /// The owner events of the last request, once it is done.
@@ -279,8 +286,22 @@ impl HolderWorker {
                 self.busy = false;
                 events
             }
-            Err(_) => Vec::new(),
+            Err(std::sync::mpsc::TryRecvError::Empty) => Vec::new(),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                self.died();
+                Vec::new()
+            }
         }
+    }
+
+    fn died(&mut self) {
+        if !self.dead {
+            tracing::error!(
+                "the /proc lookup thread stopped: connections the kernel did not name stay unnamed"
+            );
+        }
+        self.dead = true;
+        self.busy = false;
     }
 }
 

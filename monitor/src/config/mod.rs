@@ -119,9 +119,9 @@ pub struct AggregateConfig {
     /// `sqlite:/var/lib/tlsmon-aggregate/fleet.db` (one aggregator) or
     /// `postgres://user:password@host:5432/db` (several aggregators, one fleet view).
     pub store: FleetStoreUrl,
-    /// PostgreSQL over TLS (`?sslmode=require` in `store`; `prefer`, the default, when the
-    /// server offers it): the CA certificates (PEM) its certificate must chain to
-    /// (default: the system's).
+    /// PostgreSQL over TLS (`?sslmode=require` in `store`, or the default `prefer` when
+    /// this is set and the server offers TLS): the CA certificates (PEM) its certificate
+    /// must chain to (default for `require`: the system's).
     pub store_ca_file: Option<PathBuf>,
     /// Shared-subscription group: aggregators of one group split the events between them.
     pub group: TopicLevel,

@@ -210,10 +210,9 @@ impl Daemon {
                 .get_or_create(&AlertLabels {
                     kind: alert::wire_name(&ev.kind),
                     cause: ev.cause.clone(),
-                    process: ev
-                        .process
-                        .as_ref()
-                        .map_or_else(|| "unknown".to_owned(), |p| p.identity().to_owned()),
+                    process: s
+                        .metrics
+                        .process_label(ev.process.as_ref().map_or("unknown", |p| p.identity())),
                 })
                 .inc();
             tracing::warn!(target: "tlsmon::alert", "alert {}", log_line::log_fields(ev));
@@ -479,8 +478,12 @@ pub async fn run(cfg: Config, origin: Origin) -> anyhow::Result<()> {
         for v in d.judge.take_evicted(mono) {
             d.verdict(v, &mut cap);
         }
+        // Answers come a walk of /proc later: only for connections still watched (one
+        // evicted or judged meanwhile must not come back as an empty flow).
         for ev in d.holder_fallback.answers() {
-            d.event(ev, &mut cap);
+            if d.judge.watching(ev.cookie()) {
+                d.event(ev, &mut cap);
+            }
         }
         if d.holder_fallback.due(mono) {
             let unowned = d

@@ -65,23 +65,25 @@ impl Conn {
         Ok(Conn::Sqlite(c))
     }
 
-    /// `url`: a libpq-style URL or key=value string. `sslmode=require` (or `prefer`, the
-    /// default: TLS when the server offers it) speaks TLS and checks the server's certificate
-    /// and name against `ca_file` (PEM), else the system's roots; `sslmode=disable` never.
+    /// `url`: a libpq-style URL or key=value string. `sslmode=require` speaks TLS and checks
+    /// the server's certificate and name against `ca_file` (PEM), else the system's roots
+    /// (stricter than libpq's `require`); `prefer` (the default) does the same when the server
+    /// offers TLS and `ca_file` is given, else plaintext; `disable` never.
     pub fn postgres(url: &str, ca_file: Option<&Path>) -> Result<Conn, SqlError> {
         let mut cfg: postgres::Config = url.parse()?;
         cfg.connect_timeout(std::time::Duration::from_secs(10));
         cfg.application_name("tlsmon-aggregate");
-        let mode = cfg.get_ssl_mode();
-        let client = match (mode, pg_tls_config(ca_file)) {
-            (postgres::config::SslMode::Disable, _) => cfg.connect(postgres::NoTls)?,
-            (_, Ok(tls)) => cfg.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))?,
-            // `prefer` without a CA to check against: as libpq does without root
-            // certificates, plaintext unless the URL requires TLS.
-            (postgres::config::SslMode::Prefer, Err(_)) if ca_file.is_none() => {
+        let client = match cfg.get_ssl_mode() {
+            postgres::config::SslMode::Disable => cfg.connect(postgres::NoTls)?,
+            // `prefer` (the URL's default) without a CA file: plaintext, as before TLS was
+            // supported; a server's self-signed certificate (Debian's snakeoil) must not
+            // stop an aggregator that never asked for TLS.
+            postgres::config::SslMode::Prefer if ca_file.is_none() => {
                 cfg.connect(postgres::NoTls)?
             }
-            (_, Err(e)) => return Err(e),
+            _ => cfg.connect(tokio_postgres_rustls::MakeRustlsConnect::new(
+                pg_tls_config(ca_file)?,
+            ))?,
         };
         Ok(Conn::Postgres(Box::new(client)))
     }

@@ -38,7 +38,7 @@ fn bind_unix(
     p: &std::path::Path,
     access: SocketAccess,
 ) -> anyhow::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::{PermissionsExt, chown};
+    use std::os::unix::fs::{PermissionsExt, lchown};
     let context = |what: &str, e: std::io::Error| {
         anyhow::anyhow!("status endpoint: cannot {what} {}: {e}", p.display())
     };
@@ -47,23 +47,28 @@ fn bind_unix(
     {
         std::fs::create_dir_all(dir).map_err(|e| context("create the directory of", e))?;
         if let SocketAccess::Group(gid) = access {
-            chown(dir, None, Some(gid)).map_err(|e| context("give the directory of", e))?;
+            lchown(dir, None, Some(gid)).map_err(|e| context("give the directory of", e))?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
                 .map_err(|e| context("set the mode of the directory of", e))?;
         }
     }
     // A socket left by a previous run.
     let _ = std::fs::remove_file(p);
-    let l = tokio::net::UnixListener::bind(p).map_err(|e| context("listen on", e))?;
-    let mode = match access {
-        SocketAccess::Owner => 0o600,
-        SocketAccess::Group(gid) => {
-            chown(p, None, Some(gid)).map_err(|e| context("give the group", e))?;
-            0o660
-        }
+    // The socket is born with its final mode (no moment where others may connect), and its
+    // group is given without following a link someone may have put at the path.
+    let umask = match access {
+        SocketAccess::Owner => 0o177,
+        SocketAccess::Group(_) => 0o117,
     };
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| context("set the mode of", e))?;
+    // SAFETY: umask(2) only swaps the process's file mode mask; restored right after.
+    let old = unsafe { libc::umask(umask) };
+    let bound = tokio::net::UnixListener::bind(p);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let l = bound.map_err(|e| context("listen on", e))?;
+    if let SocketAccess::Group(gid) = access {
+        lchown(p, None, Some(gid)).map_err(|e| context("give the group", e))?;
+    }
     Ok(l)
 }
 

@@ -179,6 +179,11 @@ impl Judge {
         Some(self.verdict(&flow, fed, ts, true))
     }
 
+    /// Whether `cookie` is a connection being watched (not judged, evicted or closed yet).
+    pub fn watching(&self, cookie: u64) -> bool {
+        self.table.get(cookie).is_some()
+    }
+
     /// Connections seen for at least `grace_ns` whose process the kernel has not named
     /// (candidates for the /proc fallback): cookie and ends, at most `max`.
     pub fn unowned(&self, now_mono_ns: u64, grace_ns: u64, max: usize) -> Vec<(u64, ConnInfo)> {

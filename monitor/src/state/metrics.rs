@@ -32,8 +32,8 @@ pub struct ServiceLabels {
 pub struct AlertLabels {
     pub kind: String,
     pub cause: String,
-    /// The program the alert names (its identity: executable name or comm; bounded by the
-    /// programs of the host, never a peer or an SNI).
+    /// The program the alert names (its identity: executable name or comm), at most
+    /// `MAX_PROCESS_LABELS` distinct values, then "other"; never a peer or an SNI.
     pub process: String,
 }
 
@@ -52,7 +52,13 @@ pub struct Metrics {
     pub open_connections: Gauge,
     /// 1 while the database refuses writes (a full disk), else 0.
     pub store_failing: Gauge,
+    /// The process label values given out so far (at most `MAX_PROCESS_LABELS`).
+    process_labels: std::sync::Mutex<std::collections::HashSet<String>>,
 }
+
+/// Distinct `process` label values; past it, "other" (any local program may name itself
+/// anything: the series must stay bounded).
+pub const MAX_PROCESS_LABELS: usize = 256;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -143,6 +149,21 @@ impl Metrics {
             filtered,
             open_connections,
             store_failing,
+            process_labels: std::sync::Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
+    /// The `process` label value for `name`: itself while fewer than
+    /// [`MAX_PROCESS_LABELS`] are known, else "other".
+    pub fn process_label(&self, name: &str) -> String {
+        let Ok(mut known) = self.process_labels.lock() else {
+            return "other".into();
+        };
+        if known.contains(name) || known.len() < MAX_PROCESS_LABELS {
+            known.insert(name.to_owned());
+            name.to_owned()
+        } else {
+            "other".into()
         }
     }
 
@@ -185,5 +206,15 @@ mod tests {
         );
         assert!(t.contains("tlsmon_ring_drops_total 5"), "{t}");
         assert!(t.contains("# TYPE tlsmon_open_connections gauge"), "{t}");
+    }
+
+    #[test]
+    fn process_labels_stay_bounded() {
+        let m = Metrics::new();
+        for i in 0..MAX_PROCESS_LABELS {
+            assert_eq!(m.process_label(&format!("p{i}")), format!("p{i}"));
+        }
+        assert_eq!(m.process_label("one-too-many"), "other");
+        assert_eq!(m.process_label("p7"), "p7", "known names keep their label");
     }
 }

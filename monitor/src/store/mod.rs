@@ -167,6 +167,21 @@ pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     .map_err(sqlite_err(path))?;
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(sqlite_err(path))?;
+    // A database being made again (removed or replaced under the daemon) has no tables for a
+    // moment: as good as none yet, not an error for the endpoint's readers.
+    let ready: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alerts')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sqlite_err(path))?;
+    if !ready {
+        return Err(StoreError::Sqlite {
+            path: path.display().to_string(),
+            source: rusqlite::Error::QueryReturnedNoRows,
+        });
+    }
     Ok(conn)
 }
 

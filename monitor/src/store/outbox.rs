@@ -34,7 +34,8 @@ pub struct Gap {
     /// while it failed, a full disk: dropped from memory before it came back).
     pub reason: &'static str,
     pub dropped: u64,
-    /// When the first and last dropped events were queued (unix ms).
+    /// When the first and last dropped events were queued (unix ms); for `store_failed`,
+    /// when the first and last alerts not stored happened.
     pub first_ms: u64,
     pub last_ms: u64,
 }

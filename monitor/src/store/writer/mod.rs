@@ -48,8 +48,10 @@ pub fn apply(conn: &mut Connection, batch: &[Write], outbox: bool) -> rusqlite::
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
         )?;
         let mut bump = tx.prepare_cached(
-            "UPDATE alerts SET count = ?2, last_ms = ?3,
-               doc = json_set(doc, '$.count', ?2, '$.last_seen', ?4,
+            "UPDATE alerts SET count = ?2, last_ms = MAX(last_ms, ?3),
+               doc = json_set(doc, '$.count', ?2,
+                              '$.last_seen', CASE WHEN ?3 >= last_ms THEN ?4
+                                                  ELSE json_extract(doc, '$.last_seen') END,
                               '$.peers', COALESCE(?5, json_extract(doc, '$.peers')))
              WHERE event_id = ?1",
         )?;
@@ -289,6 +291,28 @@ fn steady_ms() -> u64 {
     crate::clock::monotonic_ns() / 1_000_000 + 1
 }
 
+/// The daemon is stopping: one last try for what the database refused; what it still
+/// refuses is said (those alerts are only in the log).
+fn last_try_at_exit(conn: &mut Connection, held: &mut Held, outbox: bool, path: &str) {
+    if held.is_empty() {
+        return;
+    }
+    let rest = held.take();
+    if let Err(e) = apply(conn, &rest, outbox) {
+        let alerts = rest
+            .iter()
+            .filter(|w| matches!(w, Write::Alert(Update::New(_))))
+            .count();
+        tracing::error!(
+            database = path,
+            error = %e,
+            writes = rest.len(),
+            alerts,
+            "stopping while the database refuses writes: these alerts were not stored (they are in the log)"
+        );
+    }
+}
+
 fn is_disk_full(e: &rusqlite::Error) -> bool {
     e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
 }
@@ -339,11 +363,15 @@ fn writer_loop(
     let mut opened_as = identity(db);
     let mut batch = Vec::with_capacity(BATCH);
     let mut held = Held::new(HELD_MAX);
+    let mut last_failure = 0u64;
     loop {
         match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(w) => batch.push(w),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                last_try_at_exit(conn, &mut held, outbox.is_some(), path);
+                return;
+            }
         }
         while batch.len() < BATCH {
             match rx.try_recv() {
@@ -351,8 +379,9 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        // What the database could not take before goes first (retried every second).
-        if !held.is_empty() {
+        // What the database could not take before goes first.
+        let had_held = !held.is_empty();
+        if had_held {
             let mut all = held.take();
             all.append(&mut batch);
             batch = all;
@@ -362,6 +391,7 @@ fn writer_loop(
         // with it.
         // Intervals on the steady clock: a wall clock set back must not pause them.
         let checked = steady_ms();
+        let mut reopened = false;
         if !batch.is_empty() || checked.saturating_sub(last_check) >= 1_000 {
             last_check = checked;
             let current = identity(db);
@@ -371,7 +401,15 @@ fn writer_loop(
                     "the database file was removed or replaced while tlsmon ran: writing to a new one"
                 );
                 opened_as = reopen(conn, db, stats);
+                reopened = true;
             }
+        }
+        // While the database refuses writes, one try a second (a database made again just
+        // now is tried at once): what comes meanwhile waits, in order.
+        if had_held && !reopened && steady_ms().saturating_sub(last_failure) < 1_000 {
+            held.hold(batch.drain(..));
+            stats.held.store(held.len() as u64, Ordering::Relaxed);
+            continue;
         }
         if !batch.is_empty() {
             // A write that fails may be the file's fault (its WAL removed by a
@@ -418,6 +456,7 @@ fn writer_loop(
                         );
                     }
                     held.hold(batch.drain(..));
+                    last_failure = steady_ms();
                     stats
                         .unstored_alerts
                         .store(held.dropped_total(), Ordering::Relaxed);
