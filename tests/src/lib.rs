@@ -52,6 +52,14 @@ pub fn spawn(cmd: &mut Command) -> Bg {
     Bg(child)
 }
 
+/// `program` run so that its stderr joins its stdout (what [`run_bounded`] returns): for
+/// the sentence a refused command prints. Add the arguments to the returned command.
+pub fn with_stderr(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "exec \"$@\" 2>&1", "sh"]).arg(program);
+    cmd
+}
+
 /// A loopback port free right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -102,6 +110,19 @@ pub fn curl_from(netns: Option<&str>, from: &str, url: &str) -> bool {
             from,
             url,
         ]),
+        Duration::from_secs(10),
+    )
+    .0
+}
+
+/// curl to the self-signed server on loopback `port` as `https://{name}:{port}/` (the SNI
+/// `name`, resolved to 127.0.0.1); returns success.
+pub fn curl_named(name: &str, port: u16) -> bool {
+    run_bounded(
+        Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "--max-time", "5", "--resolve"])
+            .arg(format!("{name}:{port}:127.0.0.1"))
+            .arg(format!("https://{name}:{port}/")),
         Duration::from_secs(10),
     )
     .0

@@ -449,9 +449,7 @@ fn the_fleet_store_speaks_tls_to_postgresql_and_checks_its_certificate() {
     )
     .expect("config");
     let (ok, out) = tlsmon_e2e::run_bounded(
-        std::process::Command::new("sh")
-            .args(["-c", "exec \"$@\" 2>&1", "sh"])
-            .arg(tlsmon_e2e::tlsmon_bin())
+        tlsmon_e2e::with_stderr(tlsmon_e2e::tlsmon_bin())
             .args(["aggregate", "--config"])
             .arg(&cfg),
         Duration::from_secs(30),
