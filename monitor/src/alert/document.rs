@@ -298,7 +298,9 @@ pub fn from_verdict(
                 }
             }
         }
-        HandshakeOutcome::NotTls(_) | HandshakeOutcome::Undecided => return None,
+        HandshakeOutcome::NotTls(_)
+        | HandshakeOutcome::Truncated(_)
+        | HandshakeOutcome::Undecided => return None,
     };
     ev.message = format!("{}: {what}", who(&ev));
     Some(ev)

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use crate::flow::reassembly::StreamReassembler;
-use crate::handshake::{CloseKind, Connection, ConnectionMeta, HandshakeOutcome, Party};
+use crate::handshake::{CloseKind, Connection, ConnectionMeta, HandshakeOutcome, Party, Truncated};
 
 use super::segments::Segment;
 
@@ -57,6 +57,10 @@ struct Conversation {
     fed: [usize; 2],
     closed: [bool; 2],
     reset: bool,
+    /// The capture began after this connection's SYN.
+    mid_stream: bool,
+    /// The client's first bytes were the start of a ClientHello.
+    hello_at_start: bool,
     events: Option<Vec<Event>>,
 }
 
@@ -76,13 +80,23 @@ impl Conversation {
     }
 
     fn report(mut self, now: u64) -> Report {
+        let outcome = match verdict(&self.conn, now) {
+            // Plaintext is plaintext wherever the capture began; anything else without the
+            // handshake's start is not a verdict.
+            o @ HandshakeOutcome::NotTls(_) => o,
+            o if !self.mid_stream || self.hello_at_start => o,
+            _ => HandshakeOutcome::Truncated(Truncated {
+                bytes_from_client: self.fed[Party::Client.index()] as u64,
+                bytes_from_server: self.fed[Party::Server.index()] as u64,
+            }),
+        };
         Report {
             client: self.client,
             server: self.server,
             first_ns: self.first_ns,
             end_ns: now,
             meta: self.meta,
-            outcome: verdict(&self.conn, now),
+            outcome,
             events: self.events.take(),
         }
     }
@@ -146,6 +160,10 @@ impl ExpiryClock {
 /// All TCP connections of one capture.
 pub struct Tracker {
     table: HashMap<Key, Conversation>,
+    /// Connections that ended (both FINs or a RST), by capture time of their end: their
+    /// late segments (retransmissions, data after the close) start nothing new. Forgotten
+    /// after `IDLE_NS`, or at a new SYN on the same ends.
+    ended: HashMap<Key, u64>,
     tls_ports: Vec<u16>,
     record: bool,
     segments: u64,
@@ -157,6 +175,7 @@ impl Tracker {
     pub fn new(tls_ports: Vec<u16>, record: bool) -> Self {
         Tracker {
             table: HashMap::new(),
+            ended: HashMap::new(),
             tls_ports,
             record,
             segments: 0,
@@ -187,6 +206,12 @@ impl Tracker {
             if !(seg.syn || !seg.payload.is_empty()) {
                 return; // ACKs, FINs and RSTs of connections we never saw start
             }
+            if self.ended.contains_key(&k) {
+                if !fresh_syn {
+                    return; // a late segment of a connection already judged
+                }
+                self.ended.remove(&k);
+            }
             let conv = self.start(ts_ns, seg);
             self.table.insert(k, conv);
         }
@@ -207,9 +232,12 @@ impl Tracker {
             let stream = conv.streams[i]
                 .get_or_insert_with(|| StreamReassembler::new(start, DIRECTION_LIMIT));
             stream.push(seq, seg.payload);
-            let new = &stream.contiguous()[conv.fed[i]..];
-            if !new.is_empty() {
-                let new = new.to_vec();
+            if stream.contiguous().len() > conv.fed[i] {
+                let whole = stream.contiguous();
+                if from == Party::Client && conv.fed[i] < 6 && whole.len() >= 6 {
+                    conv.hello_at_start = is_client_hello(&whole[..6]);
+                }
+                let new = whole[conv.fed[i]..].to_vec();
                 conv.fed[i] += new.len();
                 conv.conn.data(from, ts_ns, &new);
                 conv.record(Event::Data {
@@ -237,6 +265,7 @@ impl Tracker {
         if (conv.reset || conv.closed == [true, true])
             && let Some(conv) = self.table.remove(&k)
         {
+            self.ended.insert(k, ts_ns);
             done.push(conv.report(ts_ns));
         }
     }
@@ -261,6 +290,8 @@ impl Tracker {
             fed: [0, 0],
             closed: [false, false],
             reset: false,
+            mid_stream: !seg.syn,
+            hello_at_start: false,
             events: self.record.then(Vec::new),
         }
     }
@@ -304,6 +335,8 @@ impl Tracker {
                 done.push(c.report(now));
             }
         }
+        self.ended
+            .retain(|_, ended| now.saturating_sub(*ended) < IDLE_NS);
     }
 
     /// The end of the capture at `now`: every open conversation is judged.
@@ -359,5 +392,93 @@ mod tests {
             }),
             "the ClientHello from its first byte"
         );
+    }
+
+    fn with_flags(mut s: Segment<'_>, fin: bool, rst: bool) -> Segment<'_> {
+        s.fin = fin;
+        s.rst = rst;
+        s
+    }
+
+    #[test]
+    fn segments_after_the_close_start_no_second_conversation() {
+        let hello = [22u8, 3, 1, 0, 4, 1, 0, 0, 0];
+        let alert = [21u8, 3, 3, 0, 2, 2, 70];
+        let mut t = Tracker::new(vec![443], false);
+        let mut done = Vec::new();
+        let (c, s) = ("127.0.0.1:40000", "127.0.0.1:443");
+        t.segment(1, &seg(c, s, 1000, true, false, &[]), &mut done);
+        t.segment(2, &seg(s, c, 5000, true, true, &[]), &mut done);
+        t.segment(3, &seg(c, s, 1001, false, true, &hello), &mut done);
+        t.segment(4, &seg(s, c, 5001, false, true, &alert), &mut done);
+        t.segment(
+            5,
+            &with_flags(seg(s, c, 5008, false, true, &[]), true, false),
+            &mut done,
+        );
+        t.segment(
+            6,
+            &with_flags(seg(c, s, 1010, false, true, &[]), true, false),
+            &mut done,
+        );
+        assert_eq!(done.len(), 1, "judged at the second FIN");
+        // Retransmissions of both ends' data after the close, then a late RST.
+        t.segment(7, &seg(s, c, 5001, false, true, &alert), &mut done);
+        t.segment(8, &seg(c, s, 1001, false, true, &hello), &mut done);
+        t.segment(
+            9,
+            &with_flags(seg(c, s, 1011, false, false, &[]), false, true),
+            &mut done,
+        );
+        assert_eq!(done.len(), 1, "no phantom conversation");
+        assert!(t.finish(10).is_empty());
+        // A new SYN on the same ends (port reuse) is a new connection.
+        let mut t2 = Tracker::new(vec![443], false);
+        let mut done2 = Vec::new();
+        t2.segment(
+            1,
+            &with_flags(seg(c, s, 1000, false, true, &hello), false, true),
+            &mut done2,
+        );
+        t2.segment(2, &seg(c, s, 9000, true, false, &[]), &mut done2);
+        t2.segment(3, &seg(c, s, 9001, false, true, &hello), &mut done2);
+        assert_eq!(done2.len(), 1);
+        assert_eq!(t2.finish(4).len(), 1, "the new connection after a SYN");
+    }
+
+    #[test]
+    fn a_capture_that_starts_mid_connection_is_truncated_not_failed() {
+        let app = [23u8, 3, 3, 0, 3, 1, 2, 3];
+        let mut t = Tracker::new(vec![443], false);
+        let mut done = Vec::new();
+        let (c, s) = ("127.0.0.1:40000", "127.0.0.1:443");
+        // One record each way, no SYN, then silence until the end of the capture.
+        t.segment(1, &seg(c, s, 77_000, false, true, &app), &mut done);
+        t.segment(2, &seg(s, c, 99_000, false, true, &app), &mut done);
+        let r = t.finish(600_000_000_000).pop().expect("one conversation");
+        assert_eq!(
+            r.outcome,
+            HandshakeOutcome::Truncated(Truncated {
+                bytes_from_client: 8,
+                bytes_from_server: 8
+            })
+        );
+        // Without a SYN but from the ClientHello on, the handshake is whole: judged.
+        let hello = [22u8, 3, 1, 0, 4, 1, 0, 0, 0];
+        let mut t = Tracker::new(vec![443], false);
+        t.segment(1, &seg(c, s, 77_000, false, true, &hello[..3]), &mut done);
+        t.segment(2, &seg(c, s, 77_003, false, true, &hello[3..]), &mut done);
+        let r = t.finish(600_000_000_000).pop().expect("one conversation");
+        assert_eq!(r.outcome.kind(), "failed", "{:?}", r.outcome);
+        // Plaintext off the TLS ports stays plaintext.
+        let mut t = Tracker::new(vec![443], false);
+        let web = "127.0.0.1:80";
+        t.segment(
+            1,
+            &seg(c, web, 5, false, true, b"GET / HTTP/1.1\r\n\r\n"),
+            &mut done,
+        );
+        let r = t.finish(2).pop().expect("one conversation");
+        assert_eq!(r.outcome.kind(), "not_tls");
     }
 }

@@ -29,6 +29,8 @@ pub struct Totals {
     pub completed: u64,
     pub failed: u64,
     pub not_tls: u64,
+    /// The capture missed their start (no SYN, no ClientHello first).
+    pub truncated: u64,
     pub undecided: u64,
 }
 
@@ -132,6 +134,7 @@ impl Totals {
             HandshakeOutcome::Completed(_) => self.completed += 1,
             HandshakeOutcome::Failed(_) => self.failed += 1,
             HandshakeOutcome::NotTls(_) => self.not_tls += 1,
+            HandshakeOutcome::Truncated(_) => self.truncated += 1,
             HandshakeOutcome::Undecided => self.undecided += 1,
         }
     }
@@ -142,6 +145,7 @@ impl Totals {
         self.completed += other.completed;
         self.failed += other.failed;
         self.not_tls += other.not_tls;
+        self.truncated += other.truncated;
         self.undecided += other.undecided;
     }
 }

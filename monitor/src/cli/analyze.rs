@@ -10,7 +10,7 @@ use super::visible::visible;
 use crate::{
     analyze::{Pass, Totals, analyze_file, conversations::Report},
     clock::rfc3339,
-    handshake::{Diagnosis, HandshakeOutcome},
+    handshake::{Diagnosis, HandshakeOutcome, Truncated},
 };
 
 /// What `analyze` prints and how.
@@ -91,11 +91,13 @@ pub fn run(path: &Path, opts: &AnalyzeOptions) -> anyhow::Result<Totals> {
         return Ok(totals);
     }
     eprintln!(
-        "tlsmon: {} connections: {} completed, {} failed, {} not TLS, {} undecided ({} frames)",
+        "tlsmon: {} connections: {} completed, {} failed, {} not TLS, {} truncated, {} undecided \
+         ({} frames)",
         totals.connections,
         totals.completed,
         totals.failed,
         totals.not_tls,
+        totals.truncated,
         totals.undecided,
         totals.frames
     );
@@ -185,6 +187,14 @@ pub fn table_row(r: &Report) -> String {
                     .take(40)
                     .collect::<String>()
             ),
+        ),
+        HandshakeOutcome::Truncated(_) => (
+            None,
+            None,
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            Truncated::MESSAGE.to_string(),
         ),
         HandshakeOutcome::Undecided => (
             None,

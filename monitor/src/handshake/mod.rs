@@ -14,7 +14,7 @@ pub mod record_layer;
 
 pub use outcome::{
     AlertInfo, Cause, CloseKind, Closed, Completed, Diagnosis, HandshakeOutcome, NotTls, Party,
-    Stage, Timing,
+    Stage, Timing, Truncated,
 };
 
 use certs::CertSummary;

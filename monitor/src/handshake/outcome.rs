@@ -294,6 +294,20 @@ pub struct NotTls {
     pub server_sample: Option<String>,
 }
 
+/// A connection whose capture began after it started (offline: no SYN and no ClientHello
+/// at the start of the client's bytes): its handshake is not in the capture, so nothing is
+/// concluded about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Truncated {
+    pub bytes_from_client: u64,
+    pub bytes_from_server: u64,
+}
+
+impl Truncated {
+    pub const MESSAGE: &str = "the capture began after this connection started (no SYN, no ClientHello): its \
+         handshake is not in the file, nothing is concluded";
+}
+
 /// The verdict on one connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
@@ -301,6 +315,8 @@ pub enum HandshakeOutcome {
     Completed(Box<Completed>),
     Failed(Box<Diagnosis>),
     NotTls(NotTls),
+    /// Offline only: the capture missed the connection's start.
+    Truncated(Truncated),
     /// Too early to say (the handshake is still running).
     Undecided,
 }
@@ -318,7 +334,7 @@ impl HandshakeOutcome {
     }
 
     /// "completed", "closed_after_handshake" (completed, then closed without data), "failed",
-    /// "not_tls", "undecided".
+    /// "not_tls", "truncated", "undecided".
     pub fn kind(&self) -> &'static str {
         match self {
             HandshakeOutcome::Completed(c) if c.closed_without_data_ms.is_some() => {
@@ -327,6 +343,7 @@ impl HandshakeOutcome {
             HandshakeOutcome::Completed(_) => "completed",
             HandshakeOutcome::Failed(_) => "failed",
             HandshakeOutcome::NotTls(_) => "not_tls",
+            HandshakeOutcome::Truncated(_) => "truncated",
             HandshakeOutcome::Undecided => "undecided",
         }
     }

@@ -6,7 +6,7 @@
 
 pub mod filters;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use monitor_common::tcp_state;
 
@@ -54,6 +54,9 @@ struct Fed {
 pub struct Judge {
     table: FlowTable,
     fed: HashMap<u64, Fed>,
+    /// Connections that closed, most recent last: a late record of theirs (a retransmission
+    /// the kernel still saw, a record that trailed the close) never starts a second flow.
+    ended: EndedCookies,
     /// Cookies already judged, with the monotonic time of their last event; later events
     /// of theirs (the close after an early verdict) are dropped.
     judged: HashMap<u64, u64>,
@@ -75,6 +78,7 @@ impl Judge {
             idle_ns: limits.idle_ns,
             table: FlowTable::new(limits),
             fed: HashMap::new(),
+            ended: EndedCookies::default(),
             judged: HashMap::new(),
             services: TlsServices::new(&tls_ports),
             unix_offset_ns: 0,
@@ -143,12 +147,17 @@ impl Judge {
             *last = (*last).max(ev.ts_ns());
             if is_final_close(&ev) {
                 self.judged.remove(&cookie);
+                self.ended.insert(cookie);
             }
+            return None;
+        }
+        if self.ended.contains(cookie) {
             return None;
         }
         let ts = ev.ts_ns();
         let offset = self.unix_offset_ns;
         if let Some(flow) = self.table.apply(ev) {
+            self.ended.insert(cookie);
             if self.own(&flow) {
                 self.fed.remove(&cookie);
                 return None;
@@ -276,7 +285,7 @@ fn conclusive(o: &HandshakeOutcome) -> bool {
     match o {
         HandshakeOutcome::Completed(_) | HandshakeOutcome::NotTls(_) => true,
         HandshakeOutcome::Failed(d) => settled_failure(d.inferred, d.alert.as_ref(), d.cause),
-        HandshakeOutcome::Undecided => false,
+        HandshakeOutcome::Truncated(_) | HandshakeOutcome::Undecided => false,
     }
 }
 
@@ -375,6 +384,34 @@ fn party(role: Role, d: Direction) -> Party {
         (Role::Server, Direction::Ingress) | (Role::Client | Role::Unknown, Direction::Egress) => {
             Party::Client
         }
+    }
+}
+
+/// The last `ENDED_KEPT` cookies of closed connections (socket cookies are never reused
+/// while the host runs: membership is exact).
+#[derive(Default)]
+struct EndedCookies {
+    set: HashSet<u64>,
+    order: VecDeque<u64>,
+}
+
+const ENDED_KEPT: usize = 16_384;
+
+impl EndedCookies {
+    fn insert(&mut self, cookie: u64) {
+        if !self.set.insert(cookie) {
+            return;
+        }
+        self.order.push_back(cookie);
+        if self.order.len() > ENDED_KEPT
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+    }
+
+    fn contains(&self, cookie: u64) -> bool {
+        self.set.contains(&cookie)
     }
 }
 

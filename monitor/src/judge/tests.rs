@@ -327,3 +327,38 @@ fn tlsmons_own_connections_are_never_judged() {
     );
     assert!(j.drain(10_000).is_empty());
 }
+
+#[test]
+fn records_after_a_close_start_no_second_connection() {
+    // A handshake cut short (client hello, then both ends close); then a retransmitted
+    // segment and a late record of the same socket arrive: no phantom flow, no verdict.
+    let limits = FlowLimits {
+        idle_ns: 1_000_000,
+        ..FlowLimits::default()
+    };
+    let mut j = Judge::new(limits, vec![8443]);
+    j.apply(open(Role::Client, "127.0.0.1:40000", "127.0.0.1:8443"));
+    j.apply(data(Direction::Egress, 100, &CLIENT_HELLO, false));
+    let v = closed().into_iter().find_map(|e| j.apply(e));
+    assert!(v.is_some(), "judged at its close");
+    assert!(
+        j.apply(data(Direction::Egress, 100, &CLIENT_HELLO, false))
+            .is_none()
+    );
+    assert!(
+        j.apply(data(Direction::Ingress, 100, &ALERT_70, false))
+            .is_none()
+    );
+    assert_eq!(j.open_connections(), 0, "no flow for the late records");
+    assert!(j.expire(5_000_000_000).is_empty(), "nothing judged twice");
+}
+
+#[test]
+fn ended_cookies_are_bounded() {
+    let mut e = EndedCookies::default();
+    for c in 0..(ENDED_KEPT as u64 + 10) {
+        e.insert(c);
+    }
+    assert!(!e.contains(0) && e.contains(10) && e.contains(ENDED_KEPT as u64 + 9));
+    assert_eq!(e.set.len(), ENDED_KEPT);
+}
