@@ -6,7 +6,9 @@ use serde::Serialize;
 use sha2::Sha256;
 use tls_parser::{TlsExtension, TlsMessage, TlsMessageHandshake, parse_tls_message_handshake};
 
-use super::names::{Name, cipher_name, group_name, is_grease, sigalg_name, version_name};
+use super::names::{
+    Name, cipher_name, group_name, is_grease, sigalg_name, version_name, version_rank,
+};
 
 const EXT_SERVER_NAME: u16 = 0;
 const EXT_SUPPORTED_GROUPS: u16 = 10;
@@ -97,13 +99,13 @@ pub struct ClientOffer {
 }
 
 impl ClientOffer {
-    /// The highest version offered.
+    /// The highest version offered (a TLS 1.3 draft counts as TLS 1.3; the final one wins).
     pub fn max_version(&self) -> u16 {
         self.versions
             .ids
             .iter()
             .copied()
-            .max()
+            .max_by_key(|&v| (version_rank(v), v == 0x0304, v))
             .unwrap_or(self.legacy_version)
     }
 
@@ -113,7 +115,7 @@ impl ClientOffer {
             .ids
             .iter()
             .copied()
-            .min()
+            .min_by_key(|&v| (version_rank(v), v == 0x0304, v))
             .unwrap_or(self.legacy_version)
     }
 
@@ -242,6 +244,11 @@ pub fn parse_client_hello(body: &[u8]) -> Result<ClientOffer, MalformedHello> {
 
 /// Decodes a ServerHello message body (without its 4-byte header).
 pub fn parse_server_hello(body: &[u8]) -> Result<ServerChoice, MalformedHello> {
+    if let [0x7f, n, ..] = body
+        && *n < 22
+    {
+        return parse_early_draft_server_hello(body);
+    }
     let msg = with_header(2, body);
     let sh = match parse_tls_message_handshake(&msg) {
         Ok((_, TlsMessage::Handshake(TlsMessageHandshake::ServerHello(sh)))) => sh,
@@ -268,6 +275,23 @@ pub fn parse_server_hello(body: &[u8]) -> Result<ServerChoice, MalformedHello> {
         cipher_name: cipher_name(sh.cipher.0),
         alpn,
         hello_retry: sh.random == HELLO_RETRY_RANDOM,
+    })
+}
+
+/// A ServerHello of TLS 1.3 drafts before 22: version (the draft), random, cipher suite,
+/// extensions; no session id, no compression (draft-ietf-tls-tls13-21 §4.1.3).
+fn parse_early_draft_server_hello(body: &[u8]) -> Result<ServerChoice, MalformedHello> {
+    let malformed = MalformedHello("ServerHello");
+    let version = u16::from_be_bytes([body[0], body[1]]);
+    let cipher = body.get(34..36).ok_or(malformed)?;
+    let cipher = u16::from_be_bytes([cipher[0], cipher[1]]);
+    Ok(ServerChoice {
+        version,
+        version_name: version_name(version),
+        cipher,
+        cipher_name: cipher_name(cipher),
+        alpn: None,
+        hello_retry: false,
     })
 }
 
@@ -435,7 +459,7 @@ fn hex(bytes: &[u8]) -> String {
 const _: () = assert!(EXT_SUPPORTED_GROUPS == 10 && EXT_EC_POINT_FORMATS == 11);
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A ClientHello body built field by field (RFC 8446 §4.1.2).
@@ -506,6 +530,64 @@ mod tests {
         for at in 0..body.len() {
             let _ = parse_client_hello(&body[..at]);
             let _ = parse_server_hello(&body[..at]);
+        }
+    }
+
+    /// A ServerHello body: the RFC 8446 form choosing `version` in supported_versions, or
+    /// (`early_draft`) the form of drafts before 22 with the version in place.
+    pub(crate) fn server_hello_body(version: u16, cipher: u16, early_draft: bool) -> Vec<u8> {
+        let mut b = if early_draft {
+            version.to_be_bytes().to_vec()
+        } else {
+            vec![3, 3]
+        };
+        b.extend([9u8; 32]);
+        if !early_draft {
+            b.push(0);
+        }
+        b.extend(cipher.to_be_bytes());
+        let mut exts = Vec::new();
+        if !early_draft {
+            b.push(0);
+            exts.extend(43u16.to_be_bytes());
+            exts.extend(2u16.to_be_bytes());
+            exts.extend(version.to_be_bytes());
+        }
+        b.extend((exts.len() as u16).to_be_bytes());
+        b.extend(exts);
+        b
+    }
+
+    #[test]
+    fn tls13_drafts_are_named_ordered_and_their_server_hellos_read() {
+        let body = client_hello_body(None, &[0x7f17, 0x0303, 0x7f12], &[0x1301]);
+        let offer = parse_client_hello(&body).expect("valid hello");
+        assert_eq!(offer.max_version(), 0x7f17);
+        assert_eq!(offer.min_version(), 0x0303);
+        assert_eq!(offer.version_range(), "TLSv1.2-TLSv1.3-draft23");
+        let final_too = parse_client_hello(&client_hello_body(None, &[0x7f1c, 0x0304], &[1]))
+            .expect("valid hello");
+        assert_eq!(
+            final_too.max_version(),
+            0x0304,
+            "the final version outranks drafts"
+        );
+        for (version, early, name) in [
+            (0x7f17, false, "TLSv1.3-draft23"),
+            (0xfb1a, false, "TLSv1.3-fizz-draft26"),
+            (0x7f12, true, "TLSv1.3-draft18"),
+            (0x7f15, true, "TLSv1.3-draft21"),
+        ] {
+            let sh = server_hello_body(version, 0x1302, early);
+            let choice = parse_server_hello(&sh).expect(name);
+            assert_eq!(
+                (choice.version, choice.version_name.as_ref()),
+                (version, name)
+            );
+            assert_eq!(choice.cipher_name, "TLS_AES_256_GCM_SHA384");
+            for cut in 0..sh.len() {
+                let _ = parse_server_hello(&sh[..cut]);
+            }
         }
     }
 }

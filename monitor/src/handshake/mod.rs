@@ -99,7 +99,7 @@ impl Facts {
     pub fn tls13(&self) -> bool {
         self.choice
             .as_ref()
-            .is_some_and(|c| c.version == 0x0304 && !c.hello_retry)
+            .is_some_and(|c| names::is_tls13(c.version) && !c.hello_retry)
     }
 
     /// Keeps an encrypted record's size for inference, up to the bound.
@@ -295,7 +295,58 @@ fn dh_prime_bits(body: &[u8]) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
-    use super::dh_prime_bits;
+    use super::hello::tests::{client_hello_body, server_hello_body};
+    use super::record_layer::test_bytes::record;
+    use super::*;
+
+    fn handshake_record(t: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![t];
+        m.extend(&(body.len() as u32).to_be_bytes()[1..]);
+        m.extend(body);
+        record(22, &m)
+    }
+
+    /// A TLS 1.3 handshake whose ServerHello chose `version` (a draft), then data both ways.
+    fn draft_conversation(version: u16, early: bool, client_finished_len: usize) -> Connection {
+        let mut c = Connection::new(ConnectionMeta::default());
+        c.opened(1);
+        let hello = client_hello_body(Some("draft.example"), &[version, 0x0303], &[0x1301]);
+        c.data(Party::Client, 2, &handshake_record(1, &hello));
+        let mut flight = handshake_record(2, &server_hello_body(version, 0x1301, early));
+        flight.extend(record(20, &[1]));
+        flight.extend(record(23, &[0; 1500]));
+        c.data(Party::Server, 3, &flight);
+        let mut finished = record(20, &[1]);
+        finished.extend(record(23, &vec![0; client_finished_len]));
+        c.data(Party::Client, 4, &finished);
+        c
+    }
+
+    #[test]
+    fn tls13_drafts_are_judged_as_tls13() {
+        for (version, early) in [(0x7f17, false), (0x7f12, true), (0xfb1a, false)] {
+            let mut c = draft_conversation(version, early, 53);
+            c.data(Party::Client, 5, &record(23, &[0; 120]));
+            c.data(Party::Server, 6, &record(23, &[0; 300]));
+            c.closed(Party::Client, CloseKind::Fin, 7);
+            let HandshakeOutcome::Completed(done) = c.finish(10_000_000_000) else {
+                panic!("{version:#x}: {:?}", c.finish(10_000_000_000));
+            };
+            assert!(done.selected.version_name.starts_with("TLSv1.3-"));
+            // A 19-byte record where the client's Finished was due: the encrypted alert of
+            // a client that refused the server, as in TLS 1.3.
+            let mut c = draft_conversation(version, early, 2 + 1 + 16);
+            c.closed(Party::Client, CloseKind::Fin, 5);
+            let o = c.finish(10_000_000_000);
+            let d = o.diagnosis().expect("failed");
+            assert!(
+                d.alert
+                    .as_ref()
+                    .is_some_and(|a| a.encrypted && a.sender == Party::Client),
+                "{version:#x}: {d:?}"
+            );
+        }
+    }
 
     #[test]
     fn the_dh_prime_is_measured_in_bits_and_a_short_message_is_none() {

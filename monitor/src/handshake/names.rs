@@ -72,8 +72,32 @@ pub fn alert_name(code: u8) -> &'static str {
     }
 }
 
+/// The draft number of a pre-standard TLS 1.3 version: IETF drafts are `0x7f00 + n`
+/// (draft-ietf-tls-tls13-n), Facebook's Fizz sent `0xfb17` and `0xfb1a` (drafts 23 and 26).
+pub fn tls13_draft(v: u16) -> Option<u8> {
+    match v {
+        0x7f00..=0x7fff => Some(v as u8),
+        0xfb17 | 0xfb1a => Some(v as u8),
+        _ => None,
+    }
+}
+
+/// TLS 1.3, final or draft.
+pub fn is_tls13(v: u16) -> bool {
+    v == 0x0304 || tls13_draft(v).is_some()
+}
+
+/// The version's place in protocol order: drafts of TLS 1.3 count as TLS 1.3.
+pub fn version_rank(v: u16) -> u16 {
+    if tls13_draft(v).is_some() { 0x0304 } else { v }
+}
+
 /// Protocol versions by wire value (RFC 8446 §4.2.1, RFC 6101 for SSL 3.0).
 pub fn version_name(v: u16) -> Name {
+    if let Some(n) = tls13_draft(v) {
+        let who = if v >> 8 == 0xfb { "fizz-" } else { "" };
+        return Cow::Owned(format!("TLSv1.3-{who}draft{n}"));
+    }
     match v {
         0x0002 => Cow::Borrowed("SSLv2"),
         0x0300 => Cow::Borrowed("SSLv3"),

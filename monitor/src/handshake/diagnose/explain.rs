@@ -4,7 +4,7 @@
 use super::rule::{CertRef, OfferedVersions, Refusal, Rule, ServerReaction, Subject};
 use crate::clock::utc_seconds;
 use crate::handshake::{
-    names::alert_name,
+    names::{alert_name, is_tls13},
     outcome::{CloseKind, Party, Stage},
 };
 
@@ -48,7 +48,7 @@ pub fn sentence(rule: &Rule) -> String {
                 OfferedVersions::Hello { range, max, .. } if *max == 0x0303 => {
                     (range.as_str(), "the server most likely requires TLSv1.3")
                 }
-                OfferedVersions::Hello { range, min, .. } if *min == 0x0304 => {
+                OfferedVersions::Hello { range, min, .. } if is_tls13(*min) => {
                     (range.as_str(), "the server supports only older versions")
                 }
                 OfferedVersions::Hello { range, .. } => {
