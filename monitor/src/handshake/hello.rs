@@ -52,7 +52,7 @@ pub struct Named {
 }
 
 impl Named {
-    fn new(ids: Vec<u16>, registry: Registry) -> Self {
+    pub(super) fn new(ids: Vec<u16>, registry: Registry) -> Self {
         let ids = ids.into_iter().filter(|&v| !is_grease(v)).collect();
         Named { ids, registry }
     }
@@ -185,7 +185,7 @@ pub struct ServerChoice {
 }
 
 /// Why a hello could not be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("malformed {0}")]
 pub struct MalformedHello(pub &'static str);
 

@@ -11,6 +11,7 @@ pub mod hello;
 pub mod names;
 pub mod outcome;
 pub mod record_layer;
+pub mod sslv2;
 
 pub use outcome::{
     AlertInfo, Cause, CloseKind, Closed, Completed, Diagnosis, HandshakeOutcome, NotTls, Party,
@@ -85,6 +86,8 @@ pub(crate) struct Facts {
     pub sealed: Vec<SealedRecord>,
     pub alerts: Vec<SeenAlert>,
     pub sslv2_hello: bool,
+    /// The server answered with an SSLv2 SERVER-HELLO.
+    pub sslv2_server: bool,
     pub not_tls: [bool; 2],
     pub desynchronised: [bool; 2],
     /// Time of the last bytes from each end.
@@ -230,11 +233,16 @@ impl Connection {
                 }
             }
             Item::Heartbeat => {}
-            Item::SslV2ClientHello => {
+            Item::SslV2ClientHello { message } => {
                 f.sslv2_hello = true;
+                match sslv2::parse_client_hello(&message) {
+                    Ok(offer) => f.offer = Some(offer),
+                    Err(_) => f.malformed_hello = Some(Party::Client),
+                }
                 f.offer_ns = ts_ns;
                 f.reach(Stage::ClientHello);
             }
+            Item::SslV2ServerHello => f.sslv2_server = true,
             Item::NotTls => f.not_tls[from.index()] = true,
             Item::Desynchronised => f.desynchronised[from.index()] = true,
         }
@@ -320,6 +328,63 @@ mod tests {
         finished.extend(record(23, &vec![0; client_finished_len]));
         c.data(Party::Client, 4, &finished);
         c
+    }
+
+    /// The client's bytes of a TLS 1.2 handshake opened with an SSLv2-format hello, and the
+    /// server's.
+    fn sslv2_hello_handshake() -> (Vec<u8>, Vec<u8>) {
+        let mut client = sslv2::tests::client_hello_record(0x0303, &[0x3b, 0x2f]);
+        let mut server = handshake_record(2, &server_hello_body(0x0303, 0x3b, false));
+        server.extend(handshake_record(14, &[]));
+        client.extend(handshake_record(16, &[7; 130]));
+        client.extend(record(20, &[1]));
+        client.extend(record(22, &[9; 48]));
+        server.extend(record(20, &[1]));
+        server.extend(record(22, &[9; 48]));
+        client.extend(record(23, &[5; 60]));
+        (client, server)
+    }
+
+    #[test]
+    fn an_sslv2_format_hello_is_decoded_through_to_completion_at_every_split() {
+        let (client, server) = sslv2_hello_handshake();
+        let hello_len = 2 + 9 + 6 + 32;
+        for cut in 1..client.len() {
+            let mut c = Connection::new(ConnectionMeta::default());
+            c.opened(1);
+            c.data(Party::Client, 2, &client[..cut.min(hello_len)]);
+            c.data(Party::Client, 2, &client[cut.min(hello_len)..hello_len]);
+            c.data(Party::Server, 3, &server);
+            c.data(Party::Client, 4, &client[hello_len..cut.max(hello_len)]);
+            c.data(Party::Client, 4, &client[cut.max(hello_len)..]);
+            c.closed(Party::Client, CloseKind::Fin, 5);
+            let HandshakeOutcome::Completed(done) = c.finish(10_000_000_000) else {
+                panic!("cut {cut}: {:?}", c.finish(10_000_000_000));
+            };
+            let offer = done.offered.as_ref().expect("the v2 hello's offer");
+            assert_eq!(offer.version_range(), "TLSv1.2", "cut {cut}");
+            assert_eq!(done.selected.cipher_name, "TLS_RSA_WITH_NULL_SHA256");
+        }
+    }
+
+    #[test]
+    fn an_sslv2_server_hello_is_an_ssl2_only_peer() {
+        let mut c = Connection::new(ConnectionMeta::default());
+        c.opened(1);
+        c.data(
+            Party::Client,
+            2,
+            &sslv2::tests::client_hello_record(0x0301, &[0x2f]),
+        );
+        c.data(Party::Server, 3, &sslv2::tests::server_hello_record());
+        let o = c.outcome();
+        let d = o.diagnosis().expect("decided at the server's hello");
+        assert_eq!(d.cause, Cause::Ssl2OnlyPeer);
+        assert!(
+            d.message.contains("SSL 2.0") && d.message.contains("TLSv1.0"),
+            "{}",
+            d.message
+        );
     }
 
     #[test]

@@ -105,6 +105,8 @@ pub enum Cause {
     ClientCertUntrusted,
     PlaintextToTlsPort,
     TlsToPlaintextPort,
+    /// The server answered in SSL 2.0: it speaks nothing newer.
+    Ssl2OnlyPeer,
     PeerClosedMidHandshake,
     PeerResetMidHandshake,
     Tls13EncryptedAlert,
@@ -148,6 +150,7 @@ impl Cause {
         Cause::ClientCertUntrusted,
         Cause::PlaintextToTlsPort,
         Cause::TlsToPlaintextPort,
+        Cause::Ssl2OnlyPeer,
         Cause::PeerClosedMidHandshake,
         Cause::PeerResetMidHandshake,
         Cause::Tls13EncryptedAlert,
@@ -374,6 +377,7 @@ fn every_cause_is_in_all(c: Cause) {
         | Cause::ClientCertUntrusted
         | Cause::PlaintextToTlsPort
         | Cause::TlsToPlaintextPort
+        | Cause::Ssl2OnlyPeer
         | Cause::PeerClosedMidHandshake
         | Cause::PeerResetMidHandshake
         | Cause::Tls13EncryptedAlert

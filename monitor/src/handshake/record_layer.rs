@@ -6,6 +6,8 @@
 //! form), and the sizes of encrypted records. The output does not depend on how the bytes
 //! were split. Memory is bounded: at most one record plus `MAX_HANDSHAKE_MESSAGE` bytes.
 
+use super::sslv2;
+
 /// Largest record the layer accepts (RFC 8446 §5.2: 2^14 + 256 for ciphertext; TLS 1.2
 /// allows 2^14 + 2048).
 const MAX_RECORD: usize = 16384 + 2048;
@@ -52,8 +54,13 @@ pub enum Item {
         len: usize,
     },
     Heartbeat,
-    /// An SSLv2-compatible ClientHello (RFC 5246 appendix E.2).
-    SslV2ClientHello,
+    /// An SSLv2-format ClientHello (RFC 5246 appendix E.2): the record body, from the
+    /// message type on. When it asks for SSLv3 or TLS, TLS records follow.
+    SslV2ClientHello {
+        message: Vec<u8>,
+    },
+    /// An SSLv2 SERVER-HELLO: the peer speaks only SSL 2.0. Nothing more is read.
+    SslV2ServerHello,
     /// The stream does not start like TLS (see `RecordLayer::sample` for its first bytes).
     NotTls,
     /// A malformed record after valid ones: the rest of the stream is ignored.
@@ -64,6 +71,8 @@ pub enum Item {
 enum Mode {
     /// Nothing decided yet (fewer bytes than a record header).
     Start,
+    /// Reading an SSLv2-format ClientHello into `pending`; TLS records may follow.
+    SslV2Hello,
     Records,
     /// Not TLS, SSLv2 or desynchronised: only the sample is kept.
     Stopped,
@@ -133,7 +142,12 @@ impl RecordLayer {
             match classify_start(&self.sample) {
                 None => return,
                 Some(Start::SslV2) => {
-                    out.push(Item::SslV2ClientHello);
+                    self.mode = Mode::SslV2Hello;
+                    let earlier = self.sample[..before].to_vec();
+                    self.after_start(&earlier, out);
+                }
+                Some(Start::SslV2Server) => {
+                    out.push(Item::SslV2ServerHello);
                     self.mode = Mode::Stopped;
                     return;
                 }
@@ -149,7 +163,47 @@ impl RecordLayer {
                 }
             }
         }
-        self.records(data, out);
+        self.after_start(data, out);
+    }
+
+    fn after_start(&mut self, data: &[u8], out: &mut Vec<Item>) {
+        let rest = if self.mode == Mode::SslV2Hello {
+            self.sslv2_hello(data, out)
+        } else {
+            data
+        };
+        self.records(rest, out);
+    }
+
+    /// Gathers the SSLv2-format hello record; returns the bytes after it. A hello for SSL
+    /// 2.0 itself is followed by SSLv2 records, which are not read.
+    fn sslv2_hello<'a>(&mut self, mut data: &'a [u8], out: &mut Vec<Item>) -> &'a [u8] {
+        loop {
+            // The header first, then header and body.
+            let need = match sslv2::record_len(&self.pending) {
+                Some(body) => 2 + body,
+                None => 2,
+            };
+            if self.pending.len() >= 2 && self.pending.len() >= need {
+                break;
+            }
+            if data.is_empty() {
+                return data;
+            }
+            let take = (need - self.pending.len()).min(data.len());
+            self.pending.extend_from_slice(&data[..take]);
+            data = &data[take..];
+        }
+        let record = std::mem::take(&mut self.pending);
+        let message = record[2..].to_vec();
+        let ssl2_only = message.get(1..3) == Some(&[0, 2]);
+        out.push(Item::SslV2ClientHello { message });
+        self.mode = if ssl2_only {
+            Mode::Stopped
+        } else {
+            Mode::Records
+        };
+        data
     }
 
     fn records(&mut self, mut data: &[u8], out: &mut Vec<Item>) {
@@ -307,6 +361,7 @@ fn message_header(h: &[u8]) -> (u8, usize) {
 enum Start {
     Tls,
     SslV2,
+    SslV2Server,
     NotTls,
 }
 
@@ -315,21 +370,22 @@ fn classify_start(first: &[u8]) -> Option<Start> {
     let b0 = *first.first()?;
     if b0 & 0x80 != 0 {
         // SSLv2 record header: 2-byte length with the top bit set, then CLIENT-HELLO (1)
-        // and version 2.0 or 3.x.
+        // and version 2.0 or 3.x, or SERVER-HELLO (4).
         if first.len() < 5 {
-            return if first.get(2).is_some_and(|&t| t != 1) {
+            let kind = first.get(2);
+            return if kind.is_some_and(|&t| t != sslv2::CLIENT_HELLO && t != sslv2::SERVER_HELLO) {
                 Some(Start::NotTls)
             } else {
                 None
             };
         }
-        return Some(
-            if first[2] == 1 && (first[3] == 3 || (first[3] == 0 && first[4] == 2)) {
-                Start::SslV2
-            } else {
-                Start::NotTls
-            },
-        );
+        return Some(if sslv2::is_client_hello(first) {
+            Start::SslV2
+        } else if sslv2::is_server_hello(first) {
+            Start::SslV2Server
+        } else {
+            Start::NotTls
+        });
     }
     if !(CT_CHANGE_CIPHER_SPEC..=CT_HEARTBEAT).contains(&b0) {
         return Some(Start::NotTls);
@@ -482,7 +538,13 @@ mod tests {
 
     #[test]
     fn sslv2_hello_and_garbage_after_records_are_told_apart() {
-        assert_eq!(items(&[&[0x80, 0x2e, 1, 3, 1]]), [Item::SslV2ClientHello]);
+        let v2 = sslv2::tests::client_hello_record(0x0301, &[0x2f]);
+        assert_eq!(
+            items(&[&v2]),
+            [Item::SslV2ClientHello {
+                message: v2[2..].to_vec()
+            }]
+        );
         let mut s = record(CT_ALERT, &[1, 0]);
         s.extend_from_slice(b"HTTP/1.1 400");
         assert_eq!(

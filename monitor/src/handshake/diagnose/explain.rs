@@ -37,6 +37,12 @@ pub fn sentence(rule: &Rule) -> String {
             sni_phrase(sni.as_deref()),
             quote(sample)
         ),
+        Ssl2OnlyServer { offered } => format!(
+            "the server answered in SSL 2.0 (an SSLv2 SERVER-HELLO) to a client offering {}: it \
+             speaks nothing newer, and SSL 2.0 is broken and prohibited (RFC 6176); upgrade or \
+             retire the server",
+            offered.as_deref().unwrap_or("an unreadable hello")
+        ),
         VersionMismatch {
             offered,
             alert_code,

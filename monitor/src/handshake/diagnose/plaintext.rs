@@ -56,6 +56,13 @@ impl Decider<'_> {
             }
             return Some(Decision::Undecided);
         }
+        if f.sslv2_server {
+            let offered = f.offer.as_ref().map(|o| o.version_range());
+            return Some(Decision::Failed(Finding::new(
+                Cause::Ssl2OnlyPeer,
+                Rule::Ssl2OnlyServer { offered },
+            )));
+        }
         if f.not_tls[s.index()] {
             if f.offer.is_some() || f.sslv2_hello || f.malformed_hello.is_some() {
                 let mut found = Finding::new(

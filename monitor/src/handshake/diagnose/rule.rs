@@ -75,6 +75,8 @@ pub enum Rule {
     PlaintextAnsweredWithAlert { alert_code: u8 },
     /// The client sent a ClientHello; the server answered with plaintext.
     TlsToPlaintextPort { sni: Option<String>, sample: String },
+    /// The server's first bytes are an SSLv2 SERVER-HELLO.
+    Ssl2OnlyServer { offered: Option<String> },
 
     // ---- readable alerts ---------------------------------------------------------------
     /// protocol_version, or an early refusal of a client that offers only TLS <= 1.1.
