@@ -350,6 +350,21 @@ fn scenarios() -> Vec<Scenario> {
             failed("tls_to_plaintext_port", None, None, "client_hello"),
         ),
         sc(
+            "sslv2_format_hello_completed",
+            "an SSLv2-format ClientHello (old Java, embedded clients) asks for TLS 1.2; the \
+             handshake completes with a real s_server and data follows",
+            srv!("good", "-tls1_2 -cipher NULL-SHA256:@SECLEVEL=0"),
+            "python3 {fixtures}/sslv2_hello.py client 127.0.0.1 {port} {pki}/good.pem",
+            outcome("completed"),
+        ),
+        sc(
+            "ssl2_only_peer",
+            "a server that speaks only SSL 2.0 answers the same hello with an SSLv2 SERVER-HELLO",
+            "python3 {fixtures}/sslv2_hello.py ssl2-server {port}",
+            "python3 {fixtures}/sslv2_hello.py client 127.0.0.1 {port} {pki}/good.pem",
+            failed("ssl2_only_peer", None, None, "client_hello"),
+        ),
+        sc(
             "peer_closed_mid_handshake",
             "server reads the ClientHello and closes",
             "python3 {fixtures}/tls_peer.py server {port} close",
