@@ -60,6 +60,7 @@ fn event(n: u64, now_ms: u64, host: &Host) -> Event {
             port: 443,
         }),
         sni: Some("api.example.com".into()),
+        upgrade: None,
         tls: TlsFacts::default(),
         alert: None,
         stage: Some("client_hello".into()),

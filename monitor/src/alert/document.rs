@@ -10,8 +10,8 @@ use crate::{
     capture::process::ProcessInfo,
     clock::rfc3339,
     config::Host,
-    flow::Role,
-    handshake::{AlertInfo, Completed, HandshakeOutcome, certs::CertSummary},
+    flow::{CaptureKind, Role},
+    handshake::{AlertInfo, Completed, HandshakeOutcome, certs::CertSummary, upgrade},
     judge::Verdict,
 };
 
@@ -157,6 +157,11 @@ pub struct Event {
     /// own listener (its local address and port). Alerts are per service.
     pub service: Option<Endpoint>,
     pub sni: Option<String>,
+    /// The plaintext protocol this connection began with before TLS (STARTTLS and kin:
+    /// `smtp`, `imap`, `postgresql`, `mysql`, `ldap`, ...; `unknown`); absent when TLS began
+    /// with the connection. Named from the program at this end, else the server port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<String>,
     pub tls: TlsFacts,
     pub alert: Option<AlertInfo>,
     pub stage: Option<String>,
@@ -225,6 +230,10 @@ pub fn from_verdict(
     let peer = v.conn.as_ref().map(|c| Endpoint::from(c.peer));
     let service = v.conn.as_ref().map(|c| Endpoint::from(c.service()));
     let ms = v.first_unix_ns / 1_000_000;
+    let upgrade = (v.capture == Some(CaptureKind::Upgraded)).then(|| {
+        let port = service.as_ref().map_or(0, |s| s.port);
+        upgrade::live(process.as_ref().map(|p| p.comm.as_str()), port).to_owned()
+    });
     let mut ev = Event {
         schema: SCHEMA,
         event_id: uuid::Uuid::now_v7().to_string(),
@@ -238,6 +247,7 @@ pub fn from_verdict(
         peer,
         service,
         sni: None,
+        upgrade,
         tls: TlsFacts::default(),
         alert: None,
         stage: None,
@@ -450,6 +460,7 @@ pub(crate) mod test_support {
                 port: 8443,
             }),
             sni: Some("localhost".into()),
+            upgrade: None,
             tls: TlsFacts::default(),
             alert: None,
             stage: Some("certificate".into()),

@@ -256,6 +256,7 @@ mod tests {
                 port: 443,
             }),
             sni: Some("example.com".into()),
+            upgrade: None,
             stage: None,
             cause: "no_shared_cipher".into(),
             ..failure_event(peer, at_ms)

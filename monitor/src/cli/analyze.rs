@@ -32,6 +32,9 @@ pub struct OutcomeLine<'a> {
     pub time: String,
     pub client: String,
     pub server: String,
+    /// The plaintext protocol before TLS (STARTTLS and kin), when there was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<&'static str>,
     #[serde(flatten)]
     pub outcome: &'a HandshakeOutcome,
 }
@@ -42,6 +45,7 @@ impl<'a> OutcomeLine<'a> {
             time: rfc3339(r.first_ns),
             client: r.client.to_string(),
             server: r.server.to_string(),
+            upgrade: r.upgrade,
             outcome: &r.outcome,
         }
     }
@@ -204,6 +208,10 @@ pub fn table_row(r: &Report) -> String {
             "-".into(),
             String::new(),
         ),
+    };
+    let message = match r.upgrade {
+        Some(p) => format!("(TLS after {p} plaintext) {message}"),
+        None => message,
     };
     format!(
         "{:<23} {:<22} {:<22} {:<20} {:<8} {:<22} {:<20} {:<28} {:<26} {}",

@@ -12,6 +12,7 @@ pub mod names;
 pub mod outcome;
 pub mod record_layer;
 pub mod sslv2;
+pub mod upgrade;
 
 pub use outcome::{
     AlertInfo, Cause, CloseKind, Closed, Completed, Diagnosis, HandshakeOutcome, NotTls, Party,

@@ -5,8 +5,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use monitor_common::{DEFAULT_WATCH_LIMIT, rules::looks_like_tls};
+
 use crate::flow::reassembly::StreamReassembler;
-use crate::handshake::{CloseKind, Connection, ConnectionMeta, HandshakeOutcome, Party, Truncated};
+use crate::handshake::{
+    CloseKind, Connection, ConnectionMeta, HandshakeOutcome, Party, Truncated, upgrade,
+};
 
 use super::segments::Segment;
 
@@ -40,6 +44,9 @@ pub struct Report {
     pub end_ns: u64,
     pub meta: ConnectionMeta,
     pub outcome: HandshakeOutcome,
+    /// The plaintext protocol the connection began with before its TLS (STARTTLS and
+    /// kin: "smtp", "postgresql", ...); `None` when TLS started with the connection.
+    pub upgrade: Option<&'static str>,
     pub events: Option<Vec<Event>>,
 }
 
@@ -61,8 +68,19 @@ struct Conversation {
     mid_stream: bool,
     /// The client's first bytes were the start of a ClientHello.
     hello_at_start: bool,
+    /// A stream began with bytes that are not TLS: later segments are watched for a TLS
+    /// start, as the kernel does (`upgrade`).
+    plain: bool,
+    /// Plaintext bytes watched (both ways), bounded by the kernel's watch limit.
+    watched: usize,
+    /// The first plaintext bytes of each end (`upgrade::protocol` names them).
+    preamble: [Vec<u8>; 2],
+    upgrade: Option<&'static str>,
     events: Option<Vec<Event>>,
 }
+
+/// Plaintext bytes of each end kept to name an upgrade.
+const PREAMBLE_KEPT: usize = 256;
 
 impl Conversation {
     fn party(&self, src: SocketAddr) -> Party {
@@ -70,6 +88,55 @@ impl Conversation {
             Party::Client
         } else {
             Party::Server
+        }
+    }
+
+    /// A segment of `from` at stream offset `at` (already pushed): notes plaintext, and
+    /// where a TLS record starts a segment of a plaintext connection within the watch limit
+    /// (the kernel's rule: `rules::looks_like_tls` on the segment's first bytes), starts the
+    /// handshake afresh there, the other end's stream at its next byte.
+    fn watch_for_tls(&mut self, from: Party, at: usize, payload: &[u8], ts_ns: u64) {
+        if self.upgrade.is_some() {
+            return;
+        }
+        let i = from.index();
+        let head = payload.first_chunk::<5>();
+        if at == 0 && head.is_some_and(|h| !looks_like_tls(h)) {
+            self.plain = true;
+        }
+        if !self.plain {
+            return;
+        }
+        if at == self.preamble[i].len() {
+            let keep = PREAMBLE_KEPT
+                .saturating_sub(self.preamble[i].len())
+                .min(payload.len());
+            self.preamble[i].extend_from_slice(&payload[..keep]);
+        }
+        self.watched += payload.len();
+        let contiguous = self.streams[i].as_ref().map_or(0, |s| s.contiguous().len());
+        if at == 0 || at > contiguous || self.watched > DEFAULT_WATCH_LIMIT as usize {
+            return;
+        }
+        if !head.is_some_and(looks_like_tls) {
+            return;
+        }
+        let (c, s) = (Party::Client.index(), Party::Server.index());
+        self.upgrade = Some(upgrade::protocol(
+            &self.preamble[c],
+            &self.preamble[s],
+            self.server.port(),
+        ));
+        self.conn = Connection::new(ConnectionMeta::default());
+        self.conn.opened(ts_ns);
+        self.fed[i] = at;
+        let other = from.other().index();
+        self.fed[other] = self.streams[other]
+            .as_ref()
+            .map_or(0, |s| s.contiguous().len());
+        self.hello_at_start |= from == Party::Client && is_client_hello(payload);
+        if let Some(events) = &mut self.events {
+            events.clear(); // a replay starts at the TLS start
         }
     }
 
@@ -97,6 +164,7 @@ impl Conversation {
             end_ns: now,
             meta: self.meta,
             outcome,
+            upgrade: self.upgrade,
             events: self.events.take(),
         }
     }
@@ -232,6 +300,11 @@ impl Tracker {
             let stream = conv.streams[i]
                 .get_or_insert_with(|| StreamReassembler::new(start, DIRECTION_LIMIT));
             stream.push(seq, seg.payload);
+            let at = seq.wrapping_sub(stream.start()) as usize;
+            conv.watch_for_tls(from, at, seg.payload, ts_ns);
+            let Some(stream) = &conv.streams[i] else {
+                return;
+            };
             if stream.contiguous().len() > conv.fed[i] {
                 let whole = stream.contiguous();
                 if from == Party::Client && conv.fed[i] < 6 && whole.len() >= 6 {
@@ -292,6 +365,10 @@ impl Tracker {
             reset: false,
             mid_stream: !seg.syn,
             hello_at_start: false,
+            plain: false,
+            watched: 0,
+            preamble: [Vec::new(), Vec::new()],
+            upgrade: None,
             events: self.record.then(Vec::new),
         }
     }
@@ -348,137 +425,4 @@ impl Tracker {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn seg<'a>(
-        src: &str,
-        dst: &str,
-        seq: u32,
-        syn: bool,
-        ack: bool,
-        payload: &'a [u8],
-    ) -> Segment<'a> {
-        Segment {
-            src: src.parse().expect("addr"),
-            dst: dst.parse().expect("addr"),
-            seq,
-            syn,
-            ack,
-            fin: false,
-            rst: false,
-            payload,
-        }
-    }
-
-    #[test]
-    fn fast_open_data_in_the_syn_starts_the_stream_whole() {
-        let hello = [22u8, 3, 1, 0, 4, 1, 0, 0, 0];
-        let mut t = Tracker::new(vec![443], true);
-        let mut done = Vec::new();
-        let (c, s) = ("127.0.0.1:40000", "127.0.0.1:443");
-        t.segment(1, &seg(c, s, 1000, true, false, &hello), &mut done);
-        t.segment(2, &seg(s, c, 5000, true, true, &[]), &mut done);
-        let report = t.finish(3).pop().expect("one conversation");
-        let Some(events) = report.events else {
-            panic!("recorded")
-        };
-        assert_eq!(
-            events.first(),
-            Some(&Event::Data {
-                from: Party::Client,
-                ts_ns: 1,
-                bytes: hello.to_vec()
-            }),
-            "the ClientHello from its first byte"
-        );
-    }
-
-    fn with_flags(mut s: Segment<'_>, fin: bool, rst: bool) -> Segment<'_> {
-        s.fin = fin;
-        s.rst = rst;
-        s
-    }
-
-    #[test]
-    fn segments_after_the_close_start_no_second_conversation() {
-        let hello = [22u8, 3, 1, 0, 4, 1, 0, 0, 0];
-        let alert = [21u8, 3, 3, 0, 2, 2, 70];
-        let mut t = Tracker::new(vec![443], false);
-        let mut done = Vec::new();
-        let (c, s) = ("127.0.0.1:40000", "127.0.0.1:443");
-        t.segment(1, &seg(c, s, 1000, true, false, &[]), &mut done);
-        t.segment(2, &seg(s, c, 5000, true, true, &[]), &mut done);
-        t.segment(3, &seg(c, s, 1001, false, true, &hello), &mut done);
-        t.segment(4, &seg(s, c, 5001, false, true, &alert), &mut done);
-        t.segment(
-            5,
-            &with_flags(seg(s, c, 5008, false, true, &[]), true, false),
-            &mut done,
-        );
-        t.segment(
-            6,
-            &with_flags(seg(c, s, 1010, false, true, &[]), true, false),
-            &mut done,
-        );
-        assert_eq!(done.len(), 1, "judged at the second FIN");
-        // Retransmissions of both ends' data after the close, then a late RST.
-        t.segment(7, &seg(s, c, 5001, false, true, &alert), &mut done);
-        t.segment(8, &seg(c, s, 1001, false, true, &hello), &mut done);
-        t.segment(
-            9,
-            &with_flags(seg(c, s, 1011, false, false, &[]), false, true),
-            &mut done,
-        );
-        assert_eq!(done.len(), 1, "no phantom conversation");
-        assert!(t.finish(10).is_empty());
-        // A new SYN on the same ends (port reuse) is a new connection.
-        let mut t2 = Tracker::new(vec![443], false);
-        let mut done2 = Vec::new();
-        t2.segment(
-            1,
-            &with_flags(seg(c, s, 1000, false, true, &hello), false, true),
-            &mut done2,
-        );
-        t2.segment(2, &seg(c, s, 9000, true, false, &[]), &mut done2);
-        t2.segment(3, &seg(c, s, 9001, false, true, &hello), &mut done2);
-        assert_eq!(done2.len(), 1);
-        assert_eq!(t2.finish(4).len(), 1, "the new connection after a SYN");
-    }
-
-    #[test]
-    fn a_capture_that_starts_mid_connection_is_truncated_not_failed() {
-        let app = [23u8, 3, 3, 0, 3, 1, 2, 3];
-        let mut t = Tracker::new(vec![443], false);
-        let mut done = Vec::new();
-        let (c, s) = ("127.0.0.1:40000", "127.0.0.1:443");
-        // One record each way, no SYN, then silence until the end of the capture.
-        t.segment(1, &seg(c, s, 77_000, false, true, &app), &mut done);
-        t.segment(2, &seg(s, c, 99_000, false, true, &app), &mut done);
-        let r = t.finish(600_000_000_000).pop().expect("one conversation");
-        assert_eq!(
-            r.outcome,
-            HandshakeOutcome::Truncated(Truncated {
-                bytes_from_client: 8,
-                bytes_from_server: 8
-            })
-        );
-        // Without a SYN but from the ClientHello on, the handshake is whole: judged.
-        let hello = [22u8, 3, 1, 0, 4, 1, 0, 0, 0];
-        let mut t = Tracker::new(vec![443], false);
-        t.segment(1, &seg(c, s, 77_000, false, true, &hello[..3]), &mut done);
-        t.segment(2, &seg(c, s, 77_003, false, true, &hello[3..]), &mut done);
-        let r = t.finish(600_000_000_000).pop().expect("one conversation");
-        assert_eq!(r.outcome.kind(), "failed", "{:?}", r.outcome);
-        // Plaintext off the TLS ports stays plaintext.
-        let mut t = Tracker::new(vec![443], false);
-        let web = "127.0.0.1:80";
-        t.segment(
-            1,
-            &seg(c, web, 5, false, true, b"GET / HTTP/1.1\r\n\r\n"),
-            &mut done,
-        );
-        let r = t.finish(2).pop().expect("one conversation");
-        assert_eq!(r.outcome.kind(), "not_tls");
-    }
-}
+mod tests;
