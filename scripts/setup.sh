@@ -23,7 +23,9 @@ if [ "$PURPOSE" = test ]; then
   for pair in openssl:openssl tcpdump:tcpdump tshark:tshark nginx:nginx-light curl:curl ip:iproute2 \
               python3:python3 mosquitto:mosquitto mosquitto_sub:mosquitto-clients systemd-analyze:systemd fail2ban-regex:fail2ban \
               gzip:gzip unshare:util-linux wrk:wrk go:golang-go java:openjdk-17-jre-headless \
-              nft:nftables haproxy:haproxy faketime:faketime promtool:prometheus; do
+              nft:nftables haproxy:haproxy faketime:faketime promtool:prometheus \
+              mariadbd:mariadb-server mariadb:mariadb-client dovecot:dovecot-imapd slapd:slapd \
+              ldapwhoami:ldap-utils; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
   done
   python3 -c 'import jsonschema' >/dev/null 2>&1 || need+=(python3-jsonschema)
@@ -36,8 +38,9 @@ if [ "$PURPOSE" = test ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
     # The Debian packages start their services; the tests run their own instances.
-    systemctl disable --now nginx mosquitto fail2ban postgresql haproxy prometheus prometheus-node-exporter >/dev/null 2>&1 || true
-    service postgresql stop >/dev/null 2>&1 || true
+    systemctl disable --now nginx mosquitto fail2ban postgresql haproxy prometheus prometheus-node-exporter \
+      mariadb dovecot slapd >/dev/null 2>&1 || true
+    for s in postgresql mariadb dovecot slapd; do service "$s" stop >/dev/null 2>&1 || true; done
   fi
 fi
 

@@ -844,3 +844,29 @@ pub fn fail2ban_ips(log_file: &Path) -> std::collections::BTreeSet<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// A CA (`ca.pem`), a leaf it signed for `localhost` and 127.0.0.1 (`cert.pem`, `key.pem`,
+/// `chain.pem` = leaf then CA) and another CA the leaf does not chain to (`other-ca.pem`), in
+/// a scratch directory readable by every user (servers that drop privileges read them).
+pub fn ca_signed_pki(tag: &str) -> TempDir {
+    let dir = TempDir::new(tag);
+    let script = "set -e; cd \"$1\"
+        openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=tlsmon-test-ca \
+          -keyout ca.key -out ca.pem
+        openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=tlsmon-other-ca \
+          -keyout other-ca.key -out other-ca.pem
+        openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout key.pem -out leaf.csr
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > leaf.ext
+        openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+          -extfile leaf.ext -out cert.pem
+        cat cert.pem ca.pem > chain.pem
+        chmod 0755 . && chmod 0644 *.pem";
+    let (ok, out) = run_bounded(
+        Command::new("sh")
+            .args(["-c", &format!("({script}) 2>&1"), "sh"])
+            .arg(dir.path()),
+        Duration::from_secs(60),
+    );
+    assert!(ok, "openssl: {out}");
+    dir
+}

@@ -389,6 +389,27 @@ mod tests {
     }
 
     #[test]
+    fn a_client_that_speaks_plaintext_after_its_finished_and_leaves_rejected_the_server() {
+        // libldap on GnuTLS: the certificate is checked after the handshake; on failure the
+        // unbind goes out in the clear and the connection closes.
+        let mut c = draft_conversation(0x0304, false, 53);
+        c.data(
+            Party::Client,
+            5,
+            &[0x30, 0x05, 0x02, 0x01, 0x02, 0x42, 0x00],
+        );
+        c.closed(Party::Client, CloseKind::Fin, 6);
+        let o = c.outcome();
+        let d = o.diagnosis().expect("failed");
+        assert_eq!((d.cause, d.inferred), (Cause::ServerCertRejected, true));
+        // The same client sending a request (a TLS record) and closing is a success.
+        let mut c = draft_conversation(0x0304, false, 53);
+        c.data(Party::Client, 5, &record(23, &[0; 90]));
+        c.closed(Party::Client, CloseKind::Fin, 6);
+        assert_eq!(c.finish(10_000_000_000).kind(), "completed");
+    }
+
+    #[test]
     fn tls13_drafts_are_judged_as_tls13() {
         for (version, early) in [(0x7f17, false), (0x7f12, true), (0xfb1a, false)] {
             let mut c = draft_conversation(version, early, 53);

@@ -352,6 +352,20 @@ impl Decider<'_> {
         {
             return Some(self.closed_after_handshake(alert_ts.saturating_sub(fin_ts)));
         }
+        // The client finished the handshake, then sent bytes that are no TLS record and
+        // left: it dropped the session at once. Clients that check the server's certificate
+        // only after the handshake do this when the check fails (libldap on GnuTLS sends its
+        // unbind in the clear).
+        if f.desynchronised[Party::Client.index()] && !r.client_data_after_finished && client_closed
+        {
+            let mut found = Finding::new(
+                Cause::ServerCertRejected,
+                Rule::ClientLeftTlsAfterHandshake { sni: self.sni() },
+            );
+            found.inferred = true;
+            found.stage = Some(Stage::ClientFinished);
+            return Some(Decision::Failed(found));
+        }
         if r.client_data_after_finished || self.ended() {
             return Some(Decision::Completed);
         }

@@ -280,6 +280,13 @@ pub fn sentence(rule: &Rule) -> String {
             from.as_str(),
             alert_name(*code)
         ),
+        ClientLeftTlsAfterHandshake { sni } => format!(
+            "the client finished the handshake{}, then sent bytes that are not TLS and closed: it \
+             dropped the session at once, as clients that check the server's certificate after \
+             the handshake do when the check fails (libldap); the certificate or its name was \
+             refused (inferred; TLS 1.3 hides the certificate)",
+            sni_phrase(sni.as_deref())
+        ),
         Tls13ClientAlertBeforeFinished { sni, record_len } => format!(
             "the client sent an encrypted alert instead of its Finished (inferred from a {record_len}-byte record): it rejected the server's flight, most likely the certificate{}; TLS 1.3 hides which alert",
             sni_phrase(sni.as_deref())

@@ -201,6 +201,8 @@ pub enum Rule {
     },
     /// A refusal the chain does not explain.
     ServerCertRejected { leaf: String, how: Refusal },
+    /// TLS 1.3: after its Finished the client sent bytes that are not TLS and closed.
+    ClientLeftTlsAfterHandshake { sni: Option<String> },
     /// Any other fatal alert.
     Alert { from: Party, code: u8, stage: Stage },
     /// A close came first and the other end answered it with an alert.
