@@ -164,6 +164,8 @@ fn run_tshark(capture: &Path) -> Result<(Duration, Findings)> {
             "tls.handshake.type",
             "-e",
             "tls.handshake.extensions_server_name",
+            "-e",
+            "tcp.stream",
         ])
         .args([
             "-e",
@@ -173,18 +175,21 @@ fn run_tshark(capture: &Path) -> Result<(Duration, Findings)> {
         ]);
     let t = timed_to_file(&mut cmd, &out)?;
     let mut f = Findings::default();
+    // Connections whose ClientHello SNI was counted: a second ClientHello after a
+    // HelloRetryRequest is the same connection's offer, as tlsmon reports it once.
+    let mut offered = std::collections::HashSet::new();
     for line in BufReader::new(File::open(&out)?).lines() {
         let line = line?;
         let cols: Vec<&str> = line.split('\t').collect();
         let field = |i: usize| cols.get(i).copied().unwrap_or("");
         // Count SNIs of ClientHellos only (type 1), as tlsmon reports the client's offer.
-        if field(0).split(';').any(|t| t == "1") {
+        if field(0).split(';').any(|t| t == "1") && offered.insert(field(2).to_owned()) {
             for sni in field(1).split(';').filter(|s| !s.is_empty()) {
                 *f.snis.entry(sni.to_string()).or_default() += 1;
             }
         }
-        let levels: Vec<&str> = field(2).split(';').collect();
-        for (level, desc) in levels.iter().zip(field(3).split(';')) {
+        let levels: Vec<&str> = field(3).split(';').collect();
+        for (level, desc) in levels.iter().zip(field(4).split(';')) {
             if *level == "2" {
                 *f.fatal_alerts
                     .entry(desc.parse().unwrap_or(999))

@@ -63,7 +63,7 @@ pub struct Shards<T> {
     frames_in_round: usize,
     in_flight: usize,
     expiry: ExpiryClock,
-    hasher: std::hash::RandomState,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl<T: Send> Shards<T> {
@@ -113,7 +113,7 @@ impl<T: Send> Shards<T> {
             frames_in_round: 0,
             in_flight: 0,
             expiry: ExpiryClock::default(),
-            hasher: std::hash::RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 

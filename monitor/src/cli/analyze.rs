@@ -70,7 +70,11 @@ pub fn run(path: &Path, opts: &AnalyzeOptions) -> anyhow::Result<Totals> {
             return None;
         }
         Some(if opts.json {
-            serde_json::to_string(&OutcomeLine::new(&r)).map_err(std::io::Error::other)
+            // Sized for a typical line (an offer, a chain): no regrowth while writing.
+            let mut line = Vec::with_capacity(8192);
+            serde_json::to_writer(&mut line, &OutcomeLine::new(&r))
+                .map_err(std::io::Error::other)
+                .and_then(|()| String::from_utf8(line).map_err(std::io::Error::other))
         } else {
             Ok(visible(&table_row(&r)).into_owned())
         })
@@ -80,7 +84,10 @@ pub fn run(path: &Path, opts: &AnalyzeOptions) -> anyhow::Result<Totals> {
             return;
         }
         if let Some(res) = line
-            && let Err(e) = res.and_then(|line| writeln!(out, "{line}"))
+            && let Err(e) = res.and_then(|line| {
+                out.write_all(line.as_bytes())?;
+                out.write_all(b"\n")
+            })
         {
             write_err = Some(e);
         }

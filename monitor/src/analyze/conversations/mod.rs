@@ -2,7 +2,6 @@
 //! the same `reassembly` module live capture uses, each fed in arrival order to a
 //! `handshake::Connection`. Bounded: per-direction byte limit and idle expiry.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use monitor_common::{DEFAULT_WATCH_LIMIT, rules::looks_like_tls};
@@ -13,6 +12,9 @@ use crate::handshake::{
 };
 
 use super::segments::Segment;
+
+/// The tracker's tables: foldhash, seeded per process.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Bytes kept per direction: the handshake, not the application data.
 pub const DIRECTION_LIMIT: usize = 64 * 1024;
@@ -242,8 +244,8 @@ impl Tracker {
     /// `record`: keep every event of each conversation in its report (tests replay them).
     pub fn new(tls_ports: Vec<u16>, record: bool) -> Self {
         Tracker {
-            table: HashMap::new(),
-            ended: HashMap::new(),
+            table: HashMap::default(),
+            ended: HashMap::default(),
             tls_ports,
             record,
             segments: 0,
