@@ -61,6 +61,7 @@ fn event(n: u64, now_ms: u64, host: &Host) -> Event {
         }),
         sni: Some("api.example.com".into()),
         upgrade: None,
+        remedy: None,
         tls: TlsFacts::default(),
         alert: None,
         stage: Some("client_hello".into()),

@@ -75,6 +75,13 @@ fn a_failing_curl_is_reported_by_endpoint_database_metrics_status_and_log() {
     assert_eq!(alert["alert"]["sender"], "client");
     assert_eq!(alert["cause"], "self_signed", "{alert}");
     assert_eq!(alert["certificate"]["subject"], "CN=localhost", "{alert}");
+    // What to change, with this certificate's name.
+    assert!(
+        alert["remedy"].as_str().is_some_and(
+            |r| r.starts_with("CN=localhost is self-signed: serve a certificate from a CA")
+        ),
+        "{alert}"
+    );
     assert!(
         alert["message"]
             .as_str()
@@ -135,7 +142,9 @@ fn a_failing_curl_is_reported_by_endpoint_database_metrics_status_and_log() {
         Duration::from_secs(10),
     );
     assert!(
-        ok && out.contains("curl[") && out.contains(&format!("127.0.0.1:{port}")),
+        ok && out.contains("curl[")
+            && out.contains(&format!("127.0.0.1:{port}"))
+            && out.contains("    fix: CN=localhost is self-signed"),
         "{out}"
     );
 

@@ -257,6 +257,7 @@ mod tests {
             }),
             sni: Some("example.com".into()),
             upgrade: None,
+            remedy: None,
             stage: None,
             cause: "no_shared_cipher".into(),
             ..failure_event(peer, at_ms)

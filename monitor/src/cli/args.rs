@@ -40,6 +40,17 @@ Logs:
   service=ip:port sni= alert=code/name sender= stage= count= event_id= message=\"...\"
   TLSMON_LOG sets the level (error, warn, info, debug; tracing filter syntax).
 
+Causes (each event's cause; /usr/share/doc/tlsmon/causes.md, or docs/causes.md in the source:
+what each means, the evidence, how to confirm it by hand, what to change):
+  protocol_version_mismatch, no_shared_cipher, no_shared_group, no_shared_sigalg,
+  weak_signature_in_chain, untrusted_issuer, self_signed, incomplete_chain,
+  cert_expired, cert_not_yet_valid, clock_skew, hostname_mismatch, sni_unrecognized,
+  sni_missing, alpn_mismatch, client_cert_required, client_cert_rejected,
+  client_cert_untrusted, plaintext_to_tls_port, tls_to_plaintext_port, ssl2_only_peer,
+  peer_closed_mid_handshake, peer_reset_mid_handshake, tls13_encrypted_alert,
+  downgrade_rejected, weak_key, cert_revoked, handshake_timeout, server_cert_rejected,
+  ca_cert_as_leaf, weak_dh, legacy_version_refused, decode_error, internal_error, other
+
 Exit status: 0 success, 1 error (bad configuration: file:line:column and key), 2 analyze
 could not read its input.
 
@@ -389,5 +400,16 @@ impl CaptureArgs {
             drain_interval: Duration::from_millis(self.drain_ms),
             idle_timeout: Duration::from_secs(self.idle_secs),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn help_and_the_man_page_list_every_cause() {
+        for c in crate::handshake::Cause::ALL {
+            let slug = c.slug();
+            assert!(super::AFTER_HELP.contains(&slug), "{slug} missing");
+        }
     }
 }

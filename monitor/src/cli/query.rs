@@ -76,7 +76,7 @@ pub fn failure_table(alerts: &[Value]) -> String {
     for a in alerts {
         let process = format!("{}[{}]", s(a, "/process/comm"), n(a, "/process/pid"));
         out.push_str(&format!(
-            "{:<24} {:>6}  {:<22} {:<6} {:<22} {:<20} {}\n    {}\n",
+            "{:<24} {:>6}  {:<22} {:<6} {:<22} {:<20} {}\n    {}\n{}",
             s(a, "/last_seen"),
             n(a, "/count"),
             process,
@@ -85,6 +85,10 @@ pub fn failure_table(alerts: &[Value]) -> String {
             s(a, "/sni"),
             s(a, "/cause"),
             s(a, "/message"),
+            a["remedy"]
+                .as_str()
+                .map(|r| format!("    fix: {r}\n"))
+                .unwrap_or_default(),
         ));
     }
     if alerts.is_empty() {

@@ -254,6 +254,8 @@ pub struct Diagnosis {
     pub inferred: bool,
     /// One sentence with the concrete values.
     pub message: String,
+    /// What to change (`diagnose::remedy`; docs/causes.md has the long form).
+    pub remedy: String,
     pub stage: Stage,
     pub alert: Option<AlertInfo>,
     /// Every readable alert either end sent, in order (the decisive one included).
@@ -400,9 +402,12 @@ mod tests {
     use super::Cause;
 
     #[test]
-    fn every_cause_has_its_own_slug_and_a_line_in_the_readme() {
+    fn every_cause_has_its_own_slug_a_line_in_the_readme_and_a_section_in_causes_md() {
         let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
             .expect("README.md");
+        let causes_md =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/causes.md"))
+                .expect("docs/causes.md");
         let mut seen = std::collections::BTreeSet::new();
         for c in Cause::ALL {
             let slug = c.slug();
@@ -410,6 +415,10 @@ mod tests {
             assert!(
                 readme.contains(&format!("`{slug}`")),
                 "{slug} not in the README's table"
+            );
+            assert!(
+                causes_md.contains(&format!("## `{slug}`\n")),
+                "{slug} has no section in docs/causes.md"
             );
         }
     }

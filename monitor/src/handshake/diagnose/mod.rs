@@ -10,6 +10,7 @@ mod certificates;
 pub mod decide;
 pub mod explain;
 mod plaintext;
+pub mod remedy;
 pub mod rule;
 mod tls13;
 
@@ -50,10 +51,17 @@ fn fail(f: &Facts, layers: &[RecordLayer; 2], found: Finding) -> HandshakeOutcom
         let p = f.first_close?;
         f.closes[p.index()].map(|(how, _)| Closed { by: p, how })
     });
+    let remedy = remedy::remedy(&remedy::Context {
+        cause: found.cause,
+        rule: &found.rule,
+        offered: f.offer.as_ref(),
+        leaf: f.server_certs.as_deref().and_then(<[_]>::first),
+    });
     HandshakeOutcome::Failed(Box::new(Diagnosis {
         cause: found.cause,
         inferred: found.inferred,
         message: explain::sentence(&found.rule),
+        remedy,
         stage: found.stage.unwrap_or(f.stage),
         alert: found.alert,
         readable_alerts: f.alerts.iter().map(decide::readable).collect(),
