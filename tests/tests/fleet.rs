@@ -328,21 +328,8 @@ fn two_hosts_two_aggregators_one_postgres_count_each_event_once() {
 /// A CA (ca.pem) and a server certificate for 127.0.0.1 it signed (cert.pem, key.pem, owned
 /// by postgres, 0600).
 fn pg_certificate() -> tlsmon_e2e::TempDir {
-    let dir = tlsmon_e2e::TempDir::new("pg-pki");
-    let script = "set -e; cd \"$1\"
-        openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=tlsmon-test-ca \
-          -keyout ca.key -out ca.pem
-        openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout key.pem -out leaf.csr
-        printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > leaf.ext
-        openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
-          -extfile leaf.ext -out cert.pem";
-    let (ok, out) = tlsmon_e2e::run_bounded(
-        std::process::Command::new("sh")
-            .args(["-c", &format!("({script}) 2>&1"), "sh"])
-            .arg(dir.path()),
-        Duration::from_secs(60),
-    );
-    assert!(ok, "openssl: {out}");
+    // PostgreSQL reads its key only when the key is its own and private.
+    let dir = tlsmon_e2e::ca_signed_pki("pg-pki");
     for f in ["cert.pem", "key.pem"] {
         let p = dir.path().join(f);
         std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600))

@@ -29,7 +29,7 @@ fn promtool(args: &[&str]) -> (bool, String) {
 #[ignore = "needs Debian's promtool (scripts/setup.sh test installs it; sudo ./x test)"]
 fn the_shipped_rules_pass_promtool_check_and_their_unit_tests() {
     let (ok, out) = promtool(&["check", "rules", "tlsmon-rules.yml"]);
-    assert!(ok && out.contains("SUCCESS: 5 rules found"), "{out}");
+    assert!(ok && out.contains("SUCCESS: 6 rules found"), "{out}");
     let (ok, out) = promtool(&["test", "rules", "tlsmon-rules.test.yml"]);
     assert!(ok && out.contains("SUCCESS"), "{out}");
 }
@@ -155,7 +155,7 @@ fn a_real_prometheus_scrapes_a_failing_curl_and_loads_the_rules() {
     assert!(
         group["rules"]
             .as_array()
-            .is_some_and(|r| r.len() == 5 && r.iter().all(|r| r["health"] != "err")),
+            .is_some_and(|r| r.len() == 6 && r.iter().all(|r| r["health"] != "err")),
         "{rules}"
     );
     // The dashboard's queries run on the real server, on metrics the daemon exports (a
