@@ -407,9 +407,24 @@ impl CaptureArgs {
 mod tests {
     #[test]
     fn help_and_the_man_page_list_every_cause() {
+        let listed: Vec<&str> = super::AFTER_HELP
+            .split_once("Causes (")
+            .and_then(|(_, rest)| rest.split_once("):\n"))
+            .and_then(|(_, rest)| rest.split_once("\n\n"))
+            .map(|(list, _)| {
+                list.split([',', ' ', '\n'])
+                    .filter(|w| !w.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
         for c in crate::handshake::Cause::ALL {
             let slug = c.slug();
-            assert!(super::AFTER_HELP.contains(&slug), "{slug} missing");
+            assert!(
+                listed.contains(&slug.as_str()),
+                "{slug} missing in {listed:?}"
+            );
         }
+        let man = String::from_utf8(super::man_page().expect("man page")).expect("utf-8");
+        assert!(man.contains("cert_expired") && man.contains("ssl2_only_peer"));
     }
 }

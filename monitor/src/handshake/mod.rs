@@ -243,7 +243,14 @@ impl Connection {
                 f.offer_ns = ts_ns;
                 f.reach(Stage::ClientHello);
             }
-            Item::SslV2ServerHello => f.sslv2_server = true,
+            // An SSLv2 SERVER-HELLO means something only as the server's answer to a hello;
+            // the same bytes from anyone else are just not TLS.
+            Item::SslV2ServerHello
+                if from == Party::Server && (f.offer.is_some() || f.sslv2_hello) =>
+            {
+                f.sslv2_server = true
+            }
+            Item::SslV2ServerHello => f.not_tls[from.index()] = true,
             Item::NotTls => f.not_tls[from.index()] = true,
             Item::Desynchronised => f.desynchronised[from.index()] = true,
         }
@@ -407,6 +414,34 @@ mod tests {
         c.data(Party::Client, 5, &record(23, &[0; 90]));
         c.closed(Party::Client, CloseKind::Fin, 6);
         assert_eq!(c.finish(10_000_000_000).kind(), "completed");
+    }
+
+    #[test]
+    fn an_ssl2_server_hello_counts_only_as_the_servers_answer() {
+        // From the client, or from a server before any hello: bytes that are not TLS.
+        for (from, first) in [(Party::Client, true), (Party::Server, true)] {
+            let mut c = Connection::new(ConnectionMeta::default());
+            c.opened(1);
+            if first {
+                c.data(from, 2, &sslv2::tests::server_hello_record());
+            }
+            c.closed(Party::Client, CloseKind::Fin, 3);
+            let o = c.finish(10);
+            assert!(
+                o.diagnosis().is_none_or(|d| d.cause != Cause::Ssl2OnlyPeer),
+                "{from:?}: {o:?}"
+            );
+        }
+        // A client offering SSL 2.0 only is answered in SSL 2.0: not a TLS failure.
+        let mut c = Connection::new(ConnectionMeta::default());
+        c.opened(1);
+        c.data(
+            Party::Client,
+            2,
+            &sslv2::tests::client_hello_record(0x0002, &[0x01_0080]),
+        );
+        c.data(Party::Server, 3, &sslv2::tests::server_hello_record());
+        assert_eq!(c.outcome().kind(), "not_tls");
     }
 
     #[test]

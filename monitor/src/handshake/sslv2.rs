@@ -24,15 +24,19 @@ pub fn record_len(h: &[u8]) -> Option<usize> {
 /// Whether the first bytes (at least 5) of a stream are an SSLv2-format CLIENT-HELLO:
 /// version 2.0 or 3.x.
 pub fn is_client_hello(first: &[u8]) -> bool {
-    record_len(first).is_some()
-        && first[2] == CLIENT_HELLO
-        && (first[3] == 3 || (first[3] == 0 && first[4] == 2))
+    let [b0, _, kind, major, minor, ..] = *first else {
+        return false;
+    };
+    b0 & 0x80 != 0 && kind == CLIENT_HELLO && (major == 3 || (major == 0 && minor == 2))
 }
 
 /// Whether the first bytes (at least 5) of a stream are an SSLv2 SERVER-HELLO: session id
 /// hit 0 or 1, certificate type X.509 (1).
 pub fn is_server_hello(first: &[u8]) -> bool {
-    record_len(first).is_some() && first[2] == SERVER_HELLO && first[3] <= 1 && first[4] == 1
+    let [b0, _, kind, hit, cert_type, ..] = *first else {
+        return false;
+    };
+    b0 & 0x80 != 0 && kind == SERVER_HELLO && hit <= 1 && cert_type == 1
 }
 
 /// The offer of an SSLv2-format CLIENT-HELLO (the record body, from its message type on):
@@ -123,5 +127,8 @@ pub(crate) mod tests {
         let rec = server_hello_record();
         assert!(is_server_hello(&rec) && !is_client_hello(&rec));
         assert!(!is_server_hello(&[0x16, 3, 3, 0, 5]));
+        for cut in 0..5 {
+            assert!(!is_server_hello(&rec[..cut]) && !is_client_hello(&rec[..cut]));
+        }
     }
 }

@@ -75,14 +75,16 @@ struct Conversation {
     plain: bool,
     /// Plaintext bytes watched (both ways), bounded by the kernel's watch limit.
     watched: usize,
-    /// The first plaintext bytes of each end (`upgrade::protocol` names them).
-    preamble: [Vec<u8>; 2],
+    /// TLS-looking segment starts (end, stream offset) not yet contiguous.
+    candidates: Vec<(Party, usize)>,
     upgrade: Option<&'static str>,
     events: Option<Vec<Event>>,
 }
 
-/// Plaintext bytes of each end kept to name an upgrade.
+/// Plaintext bytes of each end read to name an upgrade.
 const PREAMBLE_KEPT: usize = 256;
+/// TLS-looking segments waiting for the bytes before them.
+const MAX_CANDIDATES: usize = 8;
 
 impl Conversation {
     fn party(&self, src: SocketAddr) -> Party {
@@ -96,47 +98,57 @@ impl Conversation {
     /// A segment of `from` at stream offset `at` (already pushed): notes plaintext, and
     /// where a TLS record starts a segment of a plaintext connection within the watch limit
     /// (the kernel's rule: `rules::looks_like_tls` on the segment's first bytes), starts the
-    /// handshake afresh there, the other end's stream at its next byte.
+    /// handshake afresh there, the other end's stream at its next byte. A segment that came
+    /// ahead of the bytes before it is kept as a candidate until they arrive.
     fn watch_for_tls(&mut self, from: Party, at: usize, payload: &[u8], ts_ns: u64) {
         if self.upgrade.is_some() {
             return;
         }
-        let i = from.index();
-        let head = payload.first_chunk::<5>();
-        if at == 0 && head.is_some_and(|h| !looks_like_tls(h)) {
-            self.plain = true;
+        if !self.plain {
+            // Either stream's first bytes, once there are five, say whether it began as TLS.
+            self.plain = self.streams.iter().flatten().any(|s| {
+                s.contiguous()
+                    .first_chunk::<5>()
+                    .is_some_and(|h| !looks_like_tls(h))
+            });
         }
         if !self.plain {
             return;
         }
-        if at == self.preamble[i].len() {
-            let keep = PREAMBLE_KEPT
-                .saturating_sub(self.preamble[i].len())
-                .min(payload.len());
-            self.preamble[i].extend_from_slice(&payload[..keep]);
-        }
         self.watched += payload.len();
-        let contiguous = self.streams[i].as_ref().map_or(0, |s| s.contiguous().len());
-        if at == 0 || at > contiguous || self.watched > DEFAULT_WATCH_LIMIT as usize {
-            return;
+        if self.watched <= DEFAULT_WATCH_LIMIT as usize
+            && at > 0
+            && payload.first_chunk::<5>().is_some_and(looks_like_tls)
+            && self.candidates.len() < MAX_CANDIDATES
+        {
+            self.candidates.push((from, at));
         }
-        if !head.is_some_and(looks_like_tls) {
+        let ready = self.candidates.iter().copied().find(|&(p, off)| {
+            self.streams[p.index()]
+                .as_ref()
+                .is_some_and(|s| s.contiguous().len() > off)
+        });
+        let Some((from, at)) = ready else {
             return;
-        }
-        let (c, s) = (Party::Client.index(), Party::Server.index());
-        self.upgrade = Some(upgrade::protocol(
-            &self.preamble[c],
-            &self.preamble[s],
-            self.server.port(),
-        ));
+        };
+        let i = from.index();
+        let other = from.other().index();
+        let stream = |k: usize| self.streams[k].as_ref().map_or(&[][..], |s| s.contiguous());
+        let preamble = |k: usize, end: usize| &stream(k)[..end.min(PREAMBLE_KEPT)];
+        let (upgrading, other_len) = (preamble(i, at), stream(other).len());
+        let (client, server) = if from == Party::Client {
+            (upgrading, preamble(other, other_len))
+        } else {
+            (preamble(other, other_len), upgrading)
+        };
+        self.upgrade = Some(upgrade::protocol(client, server, self.server.port()));
+        self.hello_at_start |=
+            from == Party::Client && stream(i).get(at..).is_some_and(is_client_hello);
         self.conn = Connection::new(ConnectionMeta::default());
         self.conn.opened(ts_ns);
         self.fed[i] = at;
-        let other = from.other().index();
-        self.fed[other] = self.streams[other]
-            .as_ref()
-            .map_or(0, |s| s.contiguous().len());
-        self.hello_at_start |= from == Party::Client && is_client_hello(payload);
+        self.fed[other] = other_len;
+        self.candidates.clear();
         if let Some(events) = &mut self.events {
             events.clear(); // a replay starts at the TLS start
         }
@@ -150,10 +162,10 @@ impl Conversation {
 
     fn report(mut self, now: u64) -> Report {
         let outcome = match verdict(&self.conn, now) {
-            // Plaintext is plaintext wherever the capture began; anything else without the
-            // handshake's start is not a verdict.
-            o @ HandshakeOutcome::NotTls(_) => o,
             o if !self.mid_stream || self.hello_at_start => o,
+            // Text is plaintext wherever the capture began; other bytes without the
+            // handshake's start (a join in the middle of a TLS record) are not a verdict.
+            HandshakeOutcome::NotTls(n) if readable_text(&n) => HandshakeOutcome::NotTls(n),
             _ => HandshakeOutcome::Truncated(Truncated {
                 bytes_from_client: self.fed[Party::Client.index()] as u64,
                 bytes_from_server: self.fed[Party::Server.index()] as u64,
@@ -170,6 +182,19 @@ impl Conversation {
             events: self.events.take(),
         }
     }
+}
+
+/// Both ends' first bytes (what the capture has) are printable text: plaintext for sure.
+fn readable_text(n: &crate::handshake::NotTls) -> bool {
+    let text = |s: &Option<String>| {
+        s.as_deref().is_none_or(|s| {
+            s.chars()
+                .all(|c| c.is_ascii_graphic() || c.is_ascii_whitespace())
+        })
+    };
+    (n.client_sample.is_some() || n.server_sample.is_some())
+        && text(&n.client_sample)
+        && text(&n.server_sample)
 }
 
 /// A handshake record starting with a ClientHello: its sender is the client.
@@ -309,7 +334,11 @@ impl Tracker {
             };
             if stream.contiguous().len() > conv.fed[i] {
                 let whole = stream.contiguous();
-                if from == Party::Client && conv.fed[i] < 6 && whole.len() >= 6 {
+                if from == Party::Client
+                    && conv.upgrade.is_none()
+                    && conv.fed[i] < 6
+                    && whole.len() >= 6
+                {
                     conv.hello_at_start = is_client_hello(&whole[..6]);
                 }
                 let new = whole[conv.fed[i]..].to_vec();
@@ -369,7 +398,7 @@ impl Tracker {
             hello_at_start: false,
             plain: false,
             watched: 0,
-            preamble: [Vec::new(), Vec::new()],
+            candidates: Vec::new(),
             upgrade: None,
             events: self.record.then(Vec::new),
         }

@@ -170,3 +170,66 @@ fn tls_after_a_plaintext_preamble_is_judged_and_its_protocol_named() {
     let r = t.finish(3).pop().expect("one conversation");
     assert_eq!((r.upgrade, r.outcome.kind()), (None, "not_tls"));
 }
+
+#[test]
+fn a_tls_start_that_arrives_ahead_of_the_plaintext_before_it_is_found() {
+    let hello = [22u8, 3, 1, 0, 4, 1, 0, 0, 0];
+    let alert = [21u8, 3, 3, 0, 2, 2, 40];
+    let (c, s) = ("127.0.0.1:40000", "127.0.0.1:2525");
+    let mut t = Tracker::new(vec![443], false);
+    let mut done = Vec::new();
+    t.segment(1, &seg(c, s, 1000, true, false, &[]), &mut done);
+    t.segment(2, &seg(s, c, 5000, true, true, &[]), &mut done);
+    let banner = b"220 mx ESMTP\r\n";
+    t.segment(3, &seg(s, c, 5001, false, true, banner), &mut done);
+    let ehlo = b"EHLO x\r\nSTARTTLS\r\n";
+    // The ClientHello overtakes the STARTTLS before it (reordering, or a lost segment
+    // retransmitted late).
+    let hello_seq = 1001 + ehlo.len() as u32;
+    t.segment(4, &seg(c, s, hello_seq, false, true, &hello), &mut done);
+    t.segment(5, &seg(c, s, 1001, false, true, ehlo), &mut done);
+    let go = 5001 + banner.len() as u32;
+    t.segment(6, &seg(s, c, go, false, true, &alert), &mut done);
+    let r = t.finish(10_000_000_000).pop().expect("one conversation");
+    assert_eq!(r.upgrade, Some("smtp"));
+    assert_eq!(
+        r.outcome.diagnosis().and_then(|d| d.alert.as_ref()?.code),
+        Some(40),
+        "{:?}",
+        r.outcome
+    );
+}
+
+#[test]
+fn a_capture_that_joins_inside_a_record_is_truncated_and_text_stays_plaintext() {
+    let (c, s) = ("127.0.0.1:40000", "127.0.0.1:8000");
+    let mut t = Tracker::new(vec![443], false);
+    let mut done = Vec::new();
+    // The middle of an application_data record each way: ciphertext, no record header.
+    t.segment(
+        1,
+        &seg(
+            c,
+            s,
+            9_000,
+            false,
+            true,
+            &[0x9c, 0x01, 0xf3, 0x44, 0x10, 0x00],
+        ),
+        &mut done,
+    );
+    t.segment(
+        2,
+        &seg(
+            s,
+            c,
+            7_000,
+            false,
+            true,
+            &[0x88, 0xfe, 0x02, 0x31, 0x7a, 0x05],
+        ),
+        &mut done,
+    );
+    let r = t.finish(3).pop().expect("one conversation");
+    assert_eq!(r.outcome.kind(), "truncated", "{:?}", r.outcome);
+}

@@ -57,6 +57,11 @@ impl Decider<'_> {
             return Some(Decision::Undecided);
         }
         if f.sslv2_server {
+            // A client that offers SSL 2.0 only gets an SSL 2.0 answer from any server that
+            // still speaks it: an SSL 2.0 exchange, not a TLS failure.
+            if f.offer.as_ref().is_some_and(|o| o.max_version() < 0x0300) {
+                return Some(Decision::NotTls);
+            }
             let offered = f.offer.as_ref().map(|o| o.version_range());
             return Some(Decision::Failed(Finding::new(
                 Cause::Ssl2OnlyPeer,

@@ -2,10 +2,11 @@
 //! certificate's date, the names, the versions offered), pointing at the setting to change.
 //! `docs/causes.md` has the long form: how to confirm by hand and how to fix it per server.
 
-use super::rule::{CertRef, OfferedVersions, Rule};
+use super::rule::{CertRef, OfferedVersions, Refusal, Rule};
 use crate::clock::utc_seconds;
 use crate::handshake::certs::CertSummary;
 use crate::handshake::hello::ClientOffer;
+use crate::handshake::names::alert_name;
 use crate::handshake::outcome::{Cause, Party};
 
 /// What this failure's values say to change.
@@ -166,6 +167,24 @@ pub fn remedy(c: &Context<'_>) -> String {
                 owed.as_str()
             )
         }
+        Cause::ServerCertRejected
+            if matches!(
+                rule,
+                Rule::ServerCertRejected { .. } | Rule::ServerCertUnseen { tls13: false, .. }
+            ) =>
+        {
+            let why = match rule {
+                Rule::ServerCertRejected {
+                    how: Refusal::Alert(code),
+                    ..
+                } => format!(" ({})", alert_name(*code)),
+                _ => String::new(),
+            };
+            format!(
+                "the client refused {leaf}{why} for a reason the chain on the wire does not show (its trust store, a key usage, a policy): run openssl s_client -connect HOST:PORT{} -showcerts -verify_return_error with the client's CA bundle and read the verify error",
+                sni.map(|s| format!(" -servername {s}")).unwrap_or_default()
+            )
+        }
         Cause::ServerCertRejected | Cause::Tls13EncryptedAlert => format!(
             "TLS 1.3 hides which check failed: run openssl s_client -connect HOST:PORT{} -verify_return_error against the client's CA bundle and read its verify error (expiry, name, chain, issuer)",
             sni.map(|s| format!(" -servername {s}")).unwrap_or_default()
@@ -211,6 +230,56 @@ mod tests {
                 leaf: None,
             });
             assert!(text.len() > 30, "{cause:?}: {text}");
+        }
+    }
+
+    #[test]
+    fn remedies_carry_this_failures_values() {
+        let cert = CertRef {
+            name: "CN=api.example".into(),
+            not_before: 0,
+            not_after: 1_700_000_000,
+        };
+        let cases = [
+            (
+                Cause::CertExpired,
+                Rule::Expired {
+                    cert,
+                    now: 1_800_000_000,
+                },
+                "renew CN=api.example: it expired on 2023-11-14",
+            ),
+            (
+                Cause::IncompleteChain,
+                Rule::IncompleteChain {
+                    leaf: "CN=api.example".into(),
+                    issuer: "CN=Example Int".into(),
+                    how: Refusal::Alert(48),
+                },
+                "add the intermediate CN=Example Int to the server's chain file",
+            ),
+            (
+                Cause::ServerCertRejected,
+                Rule::ServerCertRejected {
+                    leaf: "CN=api.example".into(),
+                    how: Refusal::Alert(42),
+                },
+                "(bad_certificate) for a reason the chain on the wire does not show",
+            ),
+            (
+                Cause::ServerCertRejected,
+                Rule::ClientLeftTlsAfterHandshake { sni: None },
+                "TLS 1.3 hides which check failed",
+            ),
+        ];
+        for (cause, rule, want) in cases {
+            let text = remedy(&Context {
+                cause,
+                rule: &rule,
+                offered: None,
+                leaf: None,
+            });
+            assert!(text.contains(want), "{cause:?}: {text}");
         }
     }
 }
