@@ -25,7 +25,7 @@ if [ "$PURPOSE" = test ]; then
               gzip:gzip unshare:util-linux wrk:wrk go:golang-go java:openjdk-17-jre-headless \
               nft:nftables haproxy:haproxy faketime:faketime promtool:prometheus \
               mariadbd:mariadb-server mariadb:mariadb-client dovecot:dovecot-imapd slapd:slapd \
-              ldapwhoami:ldap-utils; do
+              ldapwhoami:ldap-utils chromium:chromium chromedriver:chromium-driver; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
   done
   python3 -c 'import jsonschema' >/dev/null 2>&1 || need+=(python3-jsonschema)

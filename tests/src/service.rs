@@ -449,6 +449,28 @@ impl Aggregator {
     ) -> Aggregator {
         let dir = TempDir::new("aggregate");
         let endpoint = Endpoint::Unix(dir.path().join("fleet.sock"));
+        Self::start_at(dir, netns, broker, store, group, client_id, extra, endpoint)
+    }
+
+    /// An aggregator whose endpoint is a loopback TCP port (what a browser can open), with
+    /// its SQLite store in its directory.
+    pub fn start_tcp(broker: &str, client_id: &str) -> Aggregator {
+        let dir = TempDir::new("aggregate");
+        let endpoint = Endpoint::free_tcp();
+        Self::start_at(dir, None, broker, None, "fleet", client_id, "", endpoint)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_at(
+        dir: TempDir,
+        netns: Option<&str>,
+        broker: &str,
+        store: Option<&str>,
+        group: &str,
+        client_id: &str,
+        extra: &str,
+        endpoint: Endpoint,
+    ) -> Aggregator {
         let store = store.map_or_else(
             || format!("sqlite:{}", dir.path().join("fleet.db").display()),
             str::to_owned,
@@ -462,7 +484,7 @@ impl Aggregator {
             ),
         )
         .expect("write config");
-        Self::restart(dir, netns)
+        Self::launch(dir, netns, endpoint)
     }
 
     /// SIGKILL; returns its directory (configuration, SQLite store).
@@ -474,12 +496,17 @@ impl Aggregator {
 
     /// Starts an aggregator on the directory (configuration) of a killed one.
     pub fn restart(dir: TempDir, netns: Option<&str>) -> Aggregator {
+        let endpoint = Endpoint::Unix(dir.path().join("fleet.sock"));
+        Self::launch(dir, netns, endpoint)
+    }
+
+    fn launch(dir: TempDir, netns: Option<&str>, endpoint: Endpoint) -> Aggregator {
         let mut cmd = command_in(netns, tlsmon_bin());
         cmd.arg("aggregate")
             .arg("--config")
             .arg(dir.path().join("aggregate.toml"));
         Aggregator {
-            svc: Service::launch(cmd, Endpoint::Unix(dir.path().join("fleet.sock"))),
+            svc: Service::launch(cmd, endpoint),
             dir,
         }
     }

@@ -46,6 +46,8 @@ pub struct FleetEvent {
     pub sni: Option<String>,
     pub cause: String,
     pub message: String,
+    /// What to change (events from daemons before 0.x carry none).
+    pub remedy: Option<String>,
     pub count: u64,
     pub first_ms: i64,
     pub last_ms: i64,
@@ -228,6 +230,7 @@ fn event(origin: Origin, e: EventIn) -> Result<FleetEvent, Rejected> {
         sni: e.sni,
         cause: e.cause,
         message: e.message,
+        remedy: e.remedy,
         count: e.count,
         first_ms: millis(&e.first_seen)?,
         last_ms: millis(&e.last_seen)?,
@@ -290,6 +293,8 @@ struct EventIn {
     sni: Option<String>,
     cause: String,
     message: String,
+    #[serde(default)]
+    remedy: Option<String>,
     count: u64,
     first_seen: String,
     last_seen: String,

@@ -32,7 +32,8 @@ use serde::Deserialize;
 
 use super::{
     message::{self, Message},
-    store::{FleetStore, Recorded},
+    page::{Filters, FleetPage, render as render_page},
+    store::{FleetStore, PageQuery, Recorded},
     view::FleetView,
 };
 use crate::{
@@ -115,6 +116,10 @@ enum Job {
         top: usize,
         reply: tokio::sync::oneshot::Sender<Result<FleetView, String>>,
     },
+    Page {
+        query: PageQuery,
+        reply: tokio::sync::oneshot::Sender<Result<FleetPage, String>>,
+    },
     Prune(i64),
 }
 
@@ -173,7 +178,17 @@ fn store_thread(
                 let _ = reply.send(Err(format!("fleet store {url} is unavailable")));
                 true
             }
+            (Some(s), Job::Page { query, reply }) => {
+                let r = s.page(&query, now_ms() as i64).map_err(|e| e.to_string());
+                let failed = r.is_err();
+                let _ = reply.send(r);
+                failed
+            }
             (None, Job::View { reply, .. }) => {
+                let _ = reply.send(Err(format!("fleet store {url} is unavailable")));
+                true
+            }
+            (None, Job::Page { reply, .. }) => {
                 let _ = reply.send(Err(format!("fleet store {url} is unavailable")));
                 true
             }
@@ -441,100 +456,5 @@ async fn consume(
     driver.abort();
 }
 
-fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/v1/fleet", get(fleet))
-        .route("/v1/aggregator", get(aggregator))
-        .with_state(shared)
-}
-
-async fn readyz(State(s): State<Arc<Shared>>) -> Response {
-    match (
-        s.broker_ok.load(Ordering::Relaxed),
-        s.store_ok.load(Ordering::Relaxed),
-    ) {
-        (true, true) => (StatusCode::OK, "ready\n").into_response(),
-        (b, st) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "not ready:{}{}\n",
-                if b {
-                    ""
-                } else {
-                    " not connected to the broker;"
-                },
-                if st {
-                    ""
-                } else {
-                    " the fleet store is unavailable"
-                }
-            ),
-        )
-            .into_response(),
-    }
-}
-
-async fn metrics(State(s): State<Arc<Shared>>) -> Response {
-    openmetrics(s.metrics.encode())
-}
-
-async fn aggregator(State(s): State<Arc<Shared>>) -> Response {
-    let m = &s.metrics;
-    Json(serde_json::json!({
-        "schema": "tlsmon.aggregator/1",
-        "version": env!("CARGO_PKG_VERSION"),
-        "broker": s.broker,
-        "group": s.group,
-        "store": s.store_name,
-        "connected": s.broker_ok.load(Ordering::Relaxed),
-        "store_ok": s.store_ok.load(Ordering::Relaxed),
-        "received": m.received.get(),
-        "new_events": m.new_events.get(),
-        "duplicates": m.duplicates.get(),
-        "gaps": m.gaps.get(),
-        "rejected": m.rejected.get(),
-        "store_errors": m.store_errors.get(),
-        "last_error": s.last_error.lock().ok().and_then(|e| e.clone()),
-    }))
-    .into_response()
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FleetParams {
-    since: Option<String>,
-    top: Option<usize>,
-}
-
-async fn fleet(
-    State(s): State<Arc<Shared>>,
-    q: Result<Query<FleetParams>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let Query(p) = match q {
-        Ok(q) => q,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
-    };
-    let since_ms = match parse_since(p.since.as_deref().unwrap_or("24h"), now_ms()) {
-        Ok(v) => v as i64,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
-    };
-    let (reply, wait) = tokio::sync::oneshot::channel();
-    let job = Job::View {
-        since_ms,
-        top: p.top.unwrap_or(10).clamp(1, 1000),
-        reply,
-    };
-    let unavailable =
-        |e: String| (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response();
-    if s.jobs.try_send(job).is_err() {
-        return unavailable("the fleet store is busy; try again".into());
-    }
-    match tokio::time::timeout(Duration::from_secs(30), wait).await {
-        Ok(Ok(Ok(v))) => Json(v).into_response(),
-        Ok(Ok(Err(e))) => unavailable(format!("fleet store: {e}")),
-        _ => unavailable("the fleet store did not answer in 30 s".into()),
-    }
-}
+mod routes;
+use routes::router;

@@ -12,6 +12,9 @@ use std::path::Path;
 
 use crate::config::FleetStoreUrl;
 
+mod page;
+pub use page::PageQuery;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS fleet_events (
     event_id TEXT PRIMARY KEY,
@@ -27,6 +30,7 @@ CREATE TABLE IF NOT EXISTS fleet_events (
     sni TEXT,
     cause TEXT NOT NULL,
     message TEXT NOT NULL,
+    remedy TEXT,
     count BIGINT NOT NULL,
     first_ms BIGINT NOT NULL,
     last_ms BIGINT NOT NULL,
@@ -96,7 +100,23 @@ impl FleetStore {
                 // Aggregators starting together must not race on CREATE TABLE.
                 c.batch("SELECT pg_advisory_xact_lock(7415263)")?;
             }
-            c.batch(SCHEMA)
+            c.batch(SCHEMA)?;
+            // Stores made before events carried a remedy get the column.
+            if postgres {
+                c.batch("ALTER TABLE fleet_events ADD COLUMN IF NOT EXISTS remedy TEXT")
+            } else if c
+                .query(
+                    "SELECT COUNT(*) FROM pragma_table_info('fleet_events') WHERE name = 'remedy'",
+                    &[],
+                )?
+                .first()
+                .and_then(|r| r.first())
+                .is_some_and(|n| n.int() == 0)
+            {
+                c.batch("ALTER TABLE fleet_events ADD COLUMN remedy TEXT")
+            } else {
+                Ok(())
+            }
         })?;
         Ok(FleetStore {
             conn,
@@ -343,8 +363,9 @@ fn insert_event(c: &mut Conn, e: &FleetEvent, now_ms: i64) -> Result<bool, SqlEr
     let count = Val::Int(i64::try_from(e.count).unwrap_or(i64::MAX));
     let inserted = c.exec(
         "INSERT INTO fleet_events (event_id, site, host_id, host_name, kind, severity, role,
-             process, server, client, sni, cause, message, count, first_ms, last_ms, received_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+             process, server, client, sni, cause, message, count, first_ms, last_ms, received_ms,
+             remedy)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
          ON CONFLICT (event_id) DO NOTHING",
         &[
             Val::Text(e.event_id.clone()),
@@ -364,6 +385,7 @@ fn insert_event(c: &mut Conn, e: &FleetEvent, now_ms: i64) -> Result<bool, SqlEr
             Val::Int(e.first_ms),
             Val::Int(e.last_ms),
             Val::Int(now_ms),
+            e.remedy.clone().map_or(Val::Null, Val::Text),
         ],
     )? == 1;
     if !inserted {

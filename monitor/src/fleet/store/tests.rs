@@ -23,6 +23,7 @@ fn ev(id: &str, host: &str, cause: &str, count: u64, last_ms: i64) -> Message {
         sni: None,
         cause: cause.into(),
         message: "m".into(),
+        remedy: Some(format!("fix {cause}")),
         count,
         first_ms: last_ms,
         last_ms,
@@ -156,5 +157,76 @@ fn hosts_follow_the_newest_status_and_summary() {
     assert_eq!(v.over_time.len(), 1);
     assert_eq!(s.prune(101).expect("prune"), 3);
     assert_eq!(s.view(0, 200, 10).expect("view").totals.events, 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn the_page_filters_by_site_and_cause_and_keeps_each_remedy() {
+    let (mut s, dir) = temp_store("page");
+    let mut other = ev("c", "h2", "cert_expired", 4, 7_300_000);
+    if let Message::Event(e) = &mut other {
+        e.origin.site = "dc2".into();
+    }
+    let batch = [
+        ev("a", "h1", "self_signed", 2, 3_700_000),
+        ev("b", "h1", "self_signed", 3, 7_250_000),
+        other,
+    ];
+    s.record(&batch, 8_000_000).expect("record");
+    let q = |site: Option<&str>, cause: Option<&str>| PageQuery {
+        since_ms: 0,
+        site: site.map(Into::into),
+        cause: cause.map(Into::into),
+        top: 10,
+    };
+    let all = s.page(&q(None, None), 8_000_000).expect("page");
+    assert_eq!(
+        all.hours,
+        [
+            (3_600_000, "self_signed".to_owned(), 2),
+            (7_200_000, "cert_expired".to_owned(), 4),
+            (7_200_000, "self_signed".to_owned(), 3),
+        ]
+    );
+    assert_eq!(all.recent.len(), 3);
+    assert_eq!(all.recent[0].remedy.as_deref(), Some("fix cert_expired"));
+    assert_eq!((all.sites.len(), all.causes.len()), (2, 2));
+    let dc2 = s.page(&q(Some("dc2"), None), 8_000_000).expect("page");
+    assert_eq!(dc2.recent.len(), 1);
+    assert_eq!(dc2.recent[0].host_name, "h2.name");
+    let signed = s
+        .page(&q(None, Some("self_signed")), 8_000_000)
+        .expect("page");
+    assert_eq!(signed.hours.len(), 2);
+    assert!(signed.recent.iter().all(|r| r.cause == "self_signed"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_store_from_before_remedies_gets_the_column() {
+    let dir = std::env::temp_dir().join(format!("tlsmon-fleet-old-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let path = dir.join("fleet.db");
+    let old = super::SCHEMA.replace("    remedy TEXT,\n", "");
+    assert_ne!(old, super::SCHEMA, "the schema names the column");
+    rusqlite::Connection::open(&path)
+        .and_then(|c| c.execute_batch(&old))
+        .expect("old schema");
+    let mut s = FleetStore::open(&FleetStoreUrl::Sqlite(path), None).expect("open");
+    s.record(&[ev("a", "h1", "self_signed", 1, 100)], 200)
+        .expect("record into the migrated table");
+    let p = s
+        .page(
+            &PageQuery {
+                since_ms: 0,
+                site: None,
+                cause: None,
+                top: 5,
+            },
+            300,
+        )
+        .expect("page");
+    assert_eq!(p.recent[0].remedy.as_deref(), Some("fix self_signed"));
     let _ = std::fs::remove_dir_all(dir);
 }
