@@ -10,7 +10,7 @@ use super::visible::visible;
 use crate::{
     analyze::{Pass, Totals, analyze_file, conversations::Report},
     clock::rfc3339,
-    handshake::{Diagnosis, HandshakeOutcome, Truncated},
+    handshake::{Diagnosis, HandshakeOutcome, Truncated, upgrade},
 };
 
 /// What `analyze` prints and how.
@@ -56,6 +56,8 @@ pub fn run(path: &Path, opts: &AnalyzeOptions) -> anyhow::Result<Totals> {
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let mut write_err = None;
+    // A file that cannot be opened gets its message alone, without a table header.
+    std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     if !opts.json {
         writeln!(out, "{}", table_header())?;
     }
@@ -65,9 +67,13 @@ pub fn run(path: &Path, opts: &AnalyzeOptions) -> anyhow::Result<Totals> {
         progress: opts.progress,
         workers: Pass::default_workers(),
     };
-    let render = |r: Report| -> Option<std::io::Result<String>> {
+    let render = |mut r: Report| -> Option<std::io::Result<String>> {
         if !wanted(opts, &r.outcome) {
             return None;
+        }
+        // The remedy's verify command, runnable for this connection.
+        if let HandshakeOutcome::Failed(d) = &mut r.outcome {
+            d.remedy = upgrade::concrete_command(&d.remedy, &r.server.to_string(), r.upgrade);
         }
         Some(if opts.json {
             // Sized for a typical line (an offer, a chain): no regrowth while writing.

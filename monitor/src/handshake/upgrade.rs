@@ -105,6 +105,25 @@ pub fn by_port(port: u16) -> &'static str {
     }
 }
 
+/// A remedy's `openssl s_client -connect HOST:PORT` made runnable for this connection: the
+/// server's address, and `-starttls` for a protocol that upgrades (OpenSSL's names).
+pub fn concrete_command(remedy: &str, server: &str, protocol: Option<&str>) -> String {
+    let starttls = match protocol {
+        Some("postgresql") => " -starttls postgres",
+        Some(p @ ("smtp" | "imap" | "pop3" | "ftp" | "xmpp" | "irc" | "ldap" | "mysql")) => {
+            return remedy.replace(
+                "openssl s_client -connect HOST:PORT",
+                &format!("openssl s_client -connect {server} -starttls {p}"),
+            );
+        }
+        _ => "",
+    };
+    remedy.replace(
+        "openssl s_client -connect HOST:PORT",
+        &format!("openssl s_client -connect {server}{starttls}"),
+    )
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -163,6 +182,19 @@ mod tests {
         assert_eq!(live(Some("imap-login"), 40000), "imap");
         assert_eq!(live(Some("curl"), 5432), "postgresql");
         assert_eq!(live(None, 40000), "unknown");
+        let r = "run openssl s_client -connect HOST:PORT -servername x";
+        assert_eq!(
+            concrete_command(r, "10.0.0.1:25", Some("smtp")),
+            "run openssl s_client -connect 10.0.0.1:25 -starttls smtp -servername x"
+        );
+        assert_eq!(
+            concrete_command(r, "10.0.0.1:5432", Some("postgresql")),
+            "run openssl s_client -connect 10.0.0.1:5432 -starttls postgres -servername x"
+        );
+        assert_eq!(
+            concrete_command(r, "[::1]:443", None),
+            "run openssl s_client -connect [::1]:443 -servername x"
+        );
         assert_eq!(protocol(b"\x01\x02", b"", 40000), "unknown");
         assert!(PROTOCOLS.iter().all(|p| *p == "unknown" || by_port_has(p)));
     }

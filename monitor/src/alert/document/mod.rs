@@ -276,7 +276,13 @@ pub fn from_verdict(
             ev.cause = d.cause.slug();
             ev.inferred = d.inferred;
             ev.certificate = d.server_certificates.first().cloned();
-            ev.remedy = Some(d.remedy.clone());
+            ev.remedy = Some(upgrade::concrete_command(
+                &d.remedy,
+                &ev.service
+                    .as_ref()
+                    .map_or_else(|| "HOST:PORT".to_owned(), |s| s.to_string()),
+                ev.upgrade.as_deref(),
+            ));
             d.message.clone()
         }
         HandshakeOutcome::Completed(c) => {

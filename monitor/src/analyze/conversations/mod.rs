@@ -233,6 +233,14 @@ fn key(a: SocketAddr, b: SocketAddr) -> Key {
     if a <= b { (a, b) } else { (b, a) }
 }
 
+/// A connection that ended: when, and its client's first sequence number (ISN + 1) when
+/// its SYN was seen (the same SYN again is a retransmission, not a new connection).
+#[derive(Debug, Clone, Copy)]
+struct Ended {
+    at_ns: u64,
+    client_start: Option<u32>,
+}
+
 /// When idle conversations are looked for: every `IDLE_NS / 4` of capture time, at the
 /// first segment past it. One rule, kept by the tracker and by whoever shards segments
 /// over several trackers (so they all expire at the same segments).
@@ -258,7 +266,7 @@ pub struct Tracker {
     /// Connections that ended (both FINs or a RST), by capture time of their end: their
     /// late segments (retransmissions, data after the close) start nothing new. Forgotten
     /// after `IDLE_NS`, or at a new SYN on the same ends.
-    ended: HashMap<Key, u64>,
+    ended: HashMap<Key, Ended>,
     tls_ports: Vec<u16>,
     record: bool,
     segments: u64,
@@ -288,9 +296,13 @@ impl Tracker {
         self.tick(ts_ns, done);
         let k = key(seg.src, seg.dst);
         let fresh_syn = seg.syn && !seg.ack;
+        // The client's SYN again (a retransmission, a duplicated frame) is not a new
+        // connection: a new one starts from another sequence number.
+        let same_syn = |start: Option<u32>| start == Some(seg.seq.wrapping_add(1));
         if fresh_syn
             && let Some(old) = self.table.get(&k)
             && (old.closed.iter().any(|c| *c) || old.reset || old.fed != [0, 0])
+            && !same_syn(old.starts[Party::Client.index()])
         {
             // Port reuse: a new connection on the same 4-tuple.
             if let Some(old) = self.table.remove(&k) {
@@ -301,8 +313,8 @@ impl Tracker {
             if !(seg.syn || !seg.payload.is_empty()) {
                 return; // ACKs, FINs and RSTs of connections we never saw start
             }
-            if self.ended.contains_key(&k) {
-                if !fresh_syn {
+            if let Some(ended) = self.ended.get(&k) {
+                if !fresh_syn || same_syn(ended.client_start) {
                     return; // a late segment of a connection already judged
                 }
                 self.ended.remove(&k);
@@ -369,7 +381,13 @@ impl Tracker {
         if (conv.reset || conv.closed == [true, true])
             && let Some(conv) = self.table.remove(&k)
         {
-            self.ended.insert(k, ts_ns);
+            self.ended.insert(
+                k,
+                Ended {
+                    at_ns: ts_ns,
+                    client_start: conv.starts[Party::Client.index()],
+                },
+            );
             done.push(conv.report(ts_ns));
         }
     }
@@ -444,7 +462,7 @@ impl Tracker {
             }
         }
         self.ended
-            .retain(|_, ended| now.saturating_sub(*ended) < IDLE_NS);
+            .retain(|_, ended| now.saturating_sub(ended.at_ns) < IDLE_NS);
     }
 
     /// The end of the capture at `now`: every open conversation is judged.

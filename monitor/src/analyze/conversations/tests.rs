@@ -72,8 +72,11 @@ fn segments_after_the_close_start_no_second_conversation() {
         &with_flags(seg(c, s, 1011, false, false, &[]), false, true),
         &mut done,
     );
+    // The client's SYN again (a retransmission, a duplicated frame) and its SYN-ACK.
+    t.segment(10, &seg(c, s, 1000, true, false, &[]), &mut done);
+    t.segment(11, &seg(s, c, 5000, true, true, &[]), &mut done);
     assert_eq!(done.len(), 1, "no phantom conversation");
-    assert!(t.finish(10).is_empty());
+    assert!(t.finish(12).is_empty());
     // A new SYN on the same ends (port reuse) is a new connection.
     let mut t2 = Tracker::new(vec![443], false);
     let mut done2 = Vec::new();
