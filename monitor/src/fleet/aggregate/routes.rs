@@ -83,22 +83,38 @@ async fn fleet(
         Ok(v) => v as i64,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
-    let (reply, wait) = tokio::sync::oneshot::channel();
-    let job = Job::View {
+    let top = p.top.unwrap_or(10).clamp(1, 1000);
+    match ask_store(&s, |reply| Job::View {
         since_ms,
-        top: p.top.unwrap_or(10).clamp(1, 1000),
+        top,
         reply,
-    };
-    let unavailable =
-        |e: String| (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response();
-    if s.jobs.try_send(job).is_err() {
-        return unavailable("the fleet store is busy; try again".into());
+    })
+    .await
+    {
+        Ok(v) => Json(v).into_response(),
+        Err(why) => unavailable(why),
+    }
+}
+
+/// Hands a job to the store thread and waits (bounded) for its answer; a busy, failing or
+/// silent store is the sentence the 503 says ([`unavailable`]).
+async fn ask_store<T>(
+    s: &Shared,
+    job: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, String>>) -> Job,
+) -> Result<T, String> {
+    let (reply, wait) = tokio::sync::oneshot::channel();
+    if s.jobs.try_send(job(reply)).is_err() {
+        return Err("the fleet store is busy; try again".into());
     }
     match tokio::time::timeout(Duration::from_secs(30), wait).await {
-        Ok(Ok(Ok(v))) => Json(v).into_response(),
-        Ok(Ok(Err(e))) => unavailable(format!("fleet store: {e}")),
-        _ => unavailable("the fleet store did not answer in 30 s".into()),
+        Ok(Ok(Ok(v))) => Ok(v),
+        Ok(Ok(Err(e))) => Err(format!("fleet store: {e}")),
+        _ => Err("the fleet store did not answer in 30 s".into()),
     }
+}
+
+fn unavailable(why: String) -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,24 +145,14 @@ async fn page(
         site: nonempty(p.site),
         cause: nonempty(p.cause),
     };
-    let (reply, wait) = tokio::sync::oneshot::channel();
-    let job = Job::Page {
-        query: PageQuery {
-            since_ms,
-            site: filters.site.clone(),
-            cause: filters.cause.clone(),
-            top: 20,
-        },
-        reply,
+    let query = PageQuery {
+        since_ms,
+        site: filters.site.clone(),
+        cause: filters.cause.clone(),
+        top: 20,
     };
-    let unavailable =
-        |e: String| (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response();
-    if s.jobs.try_send(job).is_err() {
-        return unavailable("the fleet store is busy; try again".into());
-    }
-    match tokio::time::timeout(Duration::from_secs(30), wait).await {
-        Ok(Ok(Ok(p))) => axum::response::Html(render_page(&p, &filters)).into_response(),
-        Ok(Ok(Err(e))) => unavailable(format!("fleet store: {e}")),
-        _ => unavailable("the fleet store did not answer in 30 s".into()),
+    match ask_store(&s, |reply| Job::Page { query, reply }).await {
+        Ok(p) => axum::response::Html(render_page(&p, &filters)).into_response(),
+        Err(why) => unavailable(why),
     }
 }
