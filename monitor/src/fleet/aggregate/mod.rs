@@ -123,6 +123,22 @@ enum Job {
     Prune(i64),
 }
 
+/// Sends the store's answer to the asker; true when the store failed.
+fn answer<T>(
+    reply: tokio::sync::oneshot::Sender<Result<T, String>>,
+    r: Result<T, super::sql::SqlError>,
+) -> bool {
+    let failed = r.is_err();
+    let _ = reply.send(r.map_err(|e| e.to_string()));
+    failed
+}
+
+/// Tells the asker the store is not open; always a failure.
+fn refuse<T>(reply: tokio::sync::oneshot::Sender<Result<T, String>>, url: &FleetStoreUrl) -> bool {
+    let _ = reply.send(Err(format!("fleet store {url} is unavailable")));
+    true
+}
+
 /// Owns the store connection; reconnects after an error on the next job.
 fn store_thread(
     url: FleetStoreUrl,
@@ -143,10 +159,7 @@ fn store_thread(
         }
         let failed = match (&mut store, job) {
             (Some(s), Job::Record(batch, reply)) => {
-                let r = s.record(&batch, now_ms() as i64).map_err(|e| e.to_string());
-                let failed = r.is_err();
-                let _ = reply.send(r);
-                failed
+                answer(reply, s.record(&batch, now_ms() as i64))
             }
             (
                 Some(s),
@@ -155,14 +168,8 @@ fn store_thread(
                     top,
                     reply,
                 },
-            ) => {
-                let r = s
-                    .view(since_ms, now_ms() as i64, top)
-                    .map_err(|e| e.to_string());
-                let failed = r.is_err();
-                let _ = reply.send(r);
-                failed
-            }
+            ) => answer(reply, s.view(since_ms, now_ms() as i64, top)),
+            (Some(s), Job::Page { query, reply }) => answer(reply, s.page(&query, now_ms() as i64)),
             (Some(s), Job::Prune(before)) => match s.prune(before) {
                 Ok(n) if n > 0 => {
                     tracing::info!(deleted = n, "fleet store: old events deleted");
@@ -174,24 +181,9 @@ fn store_thread(
                     true
                 }
             },
-            (None, Job::Record(_, reply)) => {
-                let _ = reply.send(Err(format!("fleet store {url} is unavailable")));
-                true
-            }
-            (Some(s), Job::Page { query, reply }) => {
-                let r = s.page(&query, now_ms() as i64).map_err(|e| e.to_string());
-                let failed = r.is_err();
-                let _ = reply.send(r);
-                failed
-            }
-            (None, Job::View { reply, .. }) => {
-                let _ = reply.send(Err(format!("fleet store {url} is unavailable")));
-                true
-            }
-            (None, Job::Page { reply, .. }) => {
-                let _ = reply.send(Err(format!("fleet store {url} is unavailable")));
-                true
-            }
+            (None, Job::Record(_, reply)) => refuse(reply, &url),
+            (None, Job::View { reply, .. }) => refuse(reply, &url),
+            (None, Job::Page { reply, .. }) => refuse(reply, &url),
             (None, Job::Prune(_)) => true,
         };
         ok.store(!failed, Ordering::Relaxed);
